@@ -1,0 +1,92 @@
+"""Process-group helpers: who am I, which rows are mine, and gathering results in a fixed order.
+
+Work is split into contiguous shards in rank order and gathered back in that order, so any world size
+gives exactly the output of world size 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes artifacts and logs."""
+        return self.rank == 0
+
+
+def env_dist() -> DistInfo:
+    """Rank and world size as the launcher (accelerate, torchrun, SLURM via accelerate) set them."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when launched with several processes (gloo on CPU, nccl on GPU)."""
+    info = env_dist()
+    if info.world_size > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        info = DistInfo(state.process_index, state.num_processes, state.local_process_index)
+    return info
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of ``rank``'s contiguous share of ``n`` items; shares differ by at most one."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def gather_concat(part: list[Any]) -> list[Any]:
+    """Concatenate every rank's list in rank order; every rank gets the whole list."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(part)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(part))
+    return [x for p in parts for x in p]
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def map_sharded(items: list[Any], fn, dist_info: DistInfo | None = None) -> list[Any]:
+    """Apply ``fn`` (list → list of equal length) to this rank's shard and gather the full result."""
+    info = dist_info or env_dist()
+    start, end = shard_bounds(len(items), info.rank, info.world_size)
+    mine = fn(items[start:end]) if end > start else []
+    if len(mine) != end - start:
+        raise RuntimeError(f"sharded function returned {len(mine)} results for {end - start} items")
+    return gather_concat(mine)

@@ -1,0 +1,74 @@
+"""The contract every selection method fulfils.
+
+A selection method reads the canonical pool and returns a :class:`SelectionResult`: one table row per
+pool row (its scores) and the pool positions it keeps, in selection order. The select stage
+(:mod:`deita.selection.stage`) owns loading, caching, sharding and writing; methods own the math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from deita.registry import Registry
+
+
+@dataclass
+class SelectionConfig:
+    """Options shared by every selection method (config group ``selection``)."""
+
+    method: str = "random"
+    """Registry name of the selection method: random, length, deita, nuggets, ifd, superfilter, ..."""
+    budget: int = 100
+    """Rows to select. -1 keeps every row the method accepts (e.g. dedup at tau without a budget)."""
+    seed: int = 0
+    """Seed for every random choice the method makes."""
+    on_error: str = "raise"
+    """What a row that cannot be scored does: 'raise' stops the run; 'nan' scores it NaN, counts and
+    reports it, and keeps it out of the selection."""
+
+
+@dataclass
+class SelectionResult:
+    """What a method returns to the select stage.
+
+    ``table`` has one entry per pool row, in pool order: column name → list of values (scores, per-turn
+    score lists, flags). ``order`` lists the selected pool positions in selection order (best first).
+    ``report`` carries method-specific figures for the selection report (counts, rejected-by-tau, ...).
+    """
+
+    table: dict[str, list[Any]]
+    order: list[int]
+    report: dict[str, Any] = field(default_factory=dict)
+    plots: dict[str, Callable[[Any], None]] = field(default_factory=dict)
+
+
+@dataclass
+class SelectionContext:
+    """What the select stage hands a method: where to cache, how to shard, how to show progress.
+
+    ``cache`` is a :class:`deita.cache.ContentCache`; ``dist`` a :class:`deita.distributed.DistInfo`;
+    ``data_fingerprint`` identifies the pool's content and keys every cache entry.
+    """
+
+    cache: Any
+    dist: Any
+    data_fingerprint: str
+    model_resolver: Callable[[Any], str]
+    cache_root: Optional[str] = None
+
+
+class Selector:
+    """Base class of a selection method. Subclasses set ``config_class`` and implement ``select``."""
+
+    config_class: type = SelectionConfig
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:  # pragma: no cover
+        """Score ``rows`` (canonical rows) and choose at most ``cfg.budget`` of them."""
+        raise NotImplementedError
+
+
+SELECTORS: Registry[type[Selector]] = Registry("selection method")
