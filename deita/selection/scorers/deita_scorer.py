@@ -1,0 +1,179 @@
+"""The DEITA complexity / quality scorers: one forward pass per prompt, batched by length.
+
+Score = Σ_{k=1..6} k · softmax(logits of "1".."6") at the position right after the prompt, the value
+the reference computes from ``generate(max_new_tokens=2, output_scores=True).scores[0][0]`` (the first
+generated position's logits under greedy decoding, which applies no logits processor by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from deita.selection.scorers.batching import (
+    final_hidden_states,
+    length_sorted_batches,
+    pad_batch,
+    resolve_device,
+    resolve_dtype,
+)
+from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score
+from deita.selection.scorers.truncation import PromptTooLongError, encode_scorer_prompt
+from deita.selection.scorers.turns import ConversationError, conversation_turns
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "nan")
+
+
+class ScoringError(RuntimeError):
+    """A turn that could not be scored under ``on_error='raise'``; names the row id and turn."""
+
+
+@dataclass
+class ScoreBatchResult:
+    """Scores of a list of turns, in input order: NaN where a turn failed under ``on_error='nan'``."""
+
+    scores: list[float]
+    truncated: list[bool]
+    errors: list[str] = field(default_factory=list)
+
+
+def load_causal_lm(path: str, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False):
+    """Tokenizer and causal LM from ``path`` in eval mode on ``device`` (``auto``: cuda if available)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+    model.to(resolve_device(device)).eval()
+    return tok, model
+
+
+def _check_generation_config(model, path: str) -> None:
+    """Say so when the reference's ``generate`` would have altered the first-step logits."""
+    gc = getattr(model, "generation_config", None)
+    if gc is None:
+        return
+    altered = []
+    if getattr(gc, "do_sample", False):
+        altered.append("do_sample=True (temperature/top-k/top-p warp the reference's scores)")
+    if getattr(gc, "repetition_penalty", None) not in (None, 1.0):
+        altered.append(f"repetition_penalty={gc.repetition_penalty}")
+    if altered:
+        log.warning("scorer %s generation_config has %s; deita scores the raw next-token logits, which the "
+                    "reference's generate() would have processed", path, ", ".join(altered))
+
+
+class DeitaScorer:
+    """A loaded complexity or quality scorer.
+
+    ``kind``: 'complexity' or 'quality'; ``max_length``: prompt tokens kept (middle of the text cut, see
+    :mod:`.truncation`); ``max_tokens_per_batch``: padded tokens per forward pass.
+    """
+
+    def __init__(self, kind: str, path: str, *, dtype: str = "float32", device: str = "auto",
+                 max_length: int = 2048, max_tokens_per_batch: int = 16384, trust_remote_code: bool = False,
+                 show_progress: bool = True):
+        if kind not in ("complexity", "quality"):
+            raise ValueError(f"scorer kind must be 'complexity' or 'quality', got {kind!r}")
+        self.kind, self.path = kind, str(path)
+        self.max_length, self.max_tokens_per_batch = int(max_length), int(max_tokens_per_batch)
+        self.show_progress = show_progress
+        self.tokenizer, self.model = load_causal_lm(self.path, dtype, device, trust_remote_code)
+        self.device = next(self.model.parameters()).device
+        self.digit_ids = digit_token_ids(self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        _check_generation_config(self.model, self.path)
+
+    def encode(self, instruction: str, output: str = "") -> tuple[list[int], bool]:
+        """Prompt token ids for one turn, and whether the text was truncated to fit ``max_length``."""
+        return encode_scorer_prompt(self.tokenizer, self.kind, instruction, output, self.max_length)
+
+    def score_ids(self, seqs: list[list[int]]) -> list[float]:
+        """Expected digit score of each token sequence (batched, right padded, input order kept)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        out = [math.nan] * len(seqs)
+        batches = length_sorted_batches([len(s) for s in seqs], self.max_tokens_per_batch)
+        head = self.model.get_output_embeddings()
+        bar = tqdm(batches, desc=f"{self.kind} scores", disable=not self.show_progress or len(batches) < 2)
+        with torch.inference_mode():
+            for batch in bar:
+                ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, "right")
+                hidden = final_hidden_states(self.model, ids.to(self.device), mask.to(self.device), pos.to(self.device))
+                rows = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
+                logits = head(rows).float()
+                softcap = getattr(self.model.config, "final_logit_softcapping", None)
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                digit_logits = logits[:, self.digit_ids]
+                scores = expected_digit_score(digit_logits).cpu().tolist()
+                bad = ~torch.isfinite(digit_logits).all(dim=1)
+                for j, i in enumerate(batch):
+                    out[i] = math.nan if bool(bad[j]) else scores[j]
+        return out
+
+    def score_turns(self, turns: list[tuple[str, str]], labels: list[str] | None = None,
+                    on_error: str = "raise") -> ScoreBatchResult:
+        """Score ``(instruction, response)`` turns; ``labels`` name them in errors ("row X, turn t")."""
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        labels = labels or [f"turn {i}" for i in range(len(turns))]
+        seqs, truncated, errors, ok = [], [], [""] * len(turns), []
+        for i, (instruction, response) in enumerate(turns):
+            try:
+                ids, cut = self.encode(instruction, response)
+            except PromptTooLongError as exc:
+                if on_error == "raise":
+                    raise ScoringError(f"{labels[i]}: {exc}") from exc
+                errors[i] = str(exc)
+                truncated.append(False)
+                continue
+            seqs.append(ids)
+            ok.append(i)
+            truncated.append(cut)
+        scores = [math.nan] * len(turns)
+        for i, s in zip(ok, self.score_ids(seqs)):
+            if not math.isfinite(s):
+                if on_error == "raise":
+                    raise ScoringError(f"{labels[i]}: {self.kind} scorer produced non-finite digit logits")
+                errors[i] = "non-finite digit logits"
+            scores[i] = s
+        return ScoreBatchResult(scores=scores, truncated=truncated, errors=errors)
+
+
+def score_rows(rows: list[dict], scorer: DeitaScorer, on_error: str = "raise") -> dict[str, list]:
+    """Per-row columns for one scorer: ``<kind>_turns`` (score per turn), ``<kind>_truncated`` (turns
+    cut to fit), ``<kind>_error`` ('' when fine). A row that cannot be split into turns raises, or under
+    ``on_error='nan'`` gets a single NaN turn and its error text."""
+    kind = scorer.kind
+    flat, labels, owner = [], [], []
+    row_errors = [""] * len(rows)
+    for r, row in enumerate(rows):
+        rid = str(row.get("id", r))
+        try:
+            turns = conversation_turns(row.get("messages", []), rid)
+        except ConversationError as exc:
+            if on_error == "raise":
+                raise
+            row_errors[r] = str(exc)
+            continue
+        for t, turn in enumerate(turns):
+            flat.append(turn)
+            labels.append(f"row {rid!r} turn {t}")
+            owner.append(r)
+    res = scorer.score_turns(flat, labels, on_error)
+    per_row: list[list[float]] = [[] for _ in rows]
+    cut = [0] * len(rows)
+    for j, r in enumerate(owner):
+        per_row[r].append(float(res.scores[j]))
+        cut[r] += int(res.truncated[j])
+        if res.errors[j] and not row_errors[r]:
+            row_errors[r] = f"{labels[j]}: {res.errors[j]}"
+    for r, err in enumerate(row_errors):
+        if err and not per_row[r]:
+            per_row[r] = [math.nan]
+    return {f"{kind}_turns": per_row, f"{kind}_truncated": cut, f"{kind}_error": row_errors}
