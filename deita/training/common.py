@@ -1,0 +1,191 @@
+"""What SFT and DPO share: batch arithmetic, TRL arguments, model and tokenizer loading, resume, model card."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def gradient_accumulation_steps(global_batch_size: int, per_device_batch_size: int, world_size: int) -> int:
+    """Steps to accumulate so that one optimizer step sees exactly ``global_batch_size`` sequences."""
+    per_step = per_device_batch_size * world_size
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by per_device_batch_size "
+            f"{per_device_batch_size} × world_size {world_size} = {per_step}; change one of them"
+        )
+    return global_batch_size // per_step
+
+
+def has_accelerator() -> bool:
+    """True when a CUDA device is visible."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trainer_arguments(node: DictConfig, out_dir: Path, *, world_size: int, seed: int, report_to: str,
+                      run_name: str, eval_enabled: bool) -> dict[str, Any]:
+    """Keyword arguments for TRL's ``SFTConfig``/``DPOConfig`` built from a stage config node.
+
+    ``node.args`` wins over our defaults. On a machine without CUDA, bf16 and gradient checkpointing
+    are turned off (TRL defaults both on, and bf16 fails on CPU) and multi-process runs use gloo.
+    """
+    user_args = OmegaConf.to_container(node.args, resolve=True) or {}
+    kwargs: dict[str, Any] = {
+        "output_dir": str(out_dir / "checkpoints"),
+        "per_device_train_batch_size": node.per_device_batch_size,
+        "per_device_eval_batch_size": node.per_device_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps(
+            node.global_batch_size, node.per_device_batch_size, world_size),
+        "max_length": node.max_length,
+        "seed": seed,
+        "report_to": report_to,
+        "run_name": run_name,
+        "save_strategy": "steps",
+        "save_steps": 200,
+        "save_total_limit": 2,
+        "logging_first_step": True,
+        "disable_tqdm": False,
+    }
+    if eval_enabled:
+        kwargs["eval_strategy"] = "epoch"
+    kwargs.update(user_args)
+    if not has_accelerator():
+        for key in ("bf16", "fp16", "gradient_checkpointing"):
+            if kwargs.get(key):
+                log.warning("no CUDA device: turning %s off", key)
+        kwargs.update(bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True)
+        if world_size > 1:
+            kwargs.setdefault("ddp_backend", "gloo")
+    return kwargs
+
+
+def load_tokenizer(path: str, chat_template: str, trust_remote_code: bool = False):
+    """The tokenizer with the configured chat template and a pad token."""
+    from transformers import AutoTokenizer
+
+    from deita.data.templates import apply_template
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if chat_template != "tokenizer":
+        apply_template(tok, chat_template)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def load_model(path: str, model_cfg: DictConfig, peft: DictConfig):
+    """The causal LM to train, in the configured dtype (4-bit for QLoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = model_cfg.dtype if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if peft.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def peft_config(peft: DictConfig):
+    """A PEFT ``LoraConfig`` when LoRA/QLoRA is on, else None."""
+    if not peft.enabled:
+        if peft.load_in_4bit:
+            raise ValueError("config key 'peft.load_in_4bit': QLoRA needs peft.enabled=true")
+        return None
+    from peft import LoraConfig
+
+    targets = list(peft.target_modules)
+    return LoraConfig(r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, bias="none",
+                      task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets)
+
+
+def last_checkpoint(out_dir: Path, resume: bool) -> str | None:
+    """The newest ``checkpoint-N`` folder of an interrupted run, when resuming is on."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    if not resume or not ckpt_dir.is_dir():
+        return None
+    found = get_last_checkpoint(str(ckpt_dir))
+    if found:
+        log.info("resuming from %s", found)
+    return found
+
+
+def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded train/eval split; ``fraction`` 0 gives no eval rows."""
+    if fraction <= 0:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(rows) * fraction)))
+    eval_idx = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx]
+
+
+def save_final_model(trainer, tokenizer, out_dir: Path, is_main: bool) -> Path:
+    """Save the trained model (LoRA adapters merged into the base) and tokenizer to ``out_dir/model``."""
+    model_dir = out_dir / "model"
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+        if is_main:
+            model.save_pretrained(model_dir)
+    else:
+        trainer.save_model(str(model_dir))
+    if is_main:
+        tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def final_metrics(trainer) -> dict[str, float]:
+    """Last train loss and eval loss from the trainer's log history."""
+    metrics: dict[str, float] = {}
+    for entry in trainer.state.log_history:
+        for key in ("train_loss", "loss", "eval_loss"):
+            if key in entry:
+                metrics[{"loss": "last_logged_loss"}.get(key, key)] = float(entry[key])
+    metrics["global_steps"] = int(trainer.state.global_step)
+    return metrics
+
+
+def write_model_card(model_dir: Path, *, title: str, base_model: str, stage_cfg: DictConfig,
+                     provenance: dict, metrics: dict) -> None:
+    """A README.md model card that records the base model, the data provenance and the metrics."""
+    body = [
+        f"# {title}",
+        "",
+        f"Trained with deita from `{base_model}`.",
+        "",
+        "## Data provenance",
+        "",
+        "```json",
+        json.dumps(provenance, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Training config",
+        "",
+        "```yaml",
+        OmegaConf.to_yaml(stage_cfg, resolve=True),
+        "```",
+        "",
+        "## Final metrics",
+        "",
+        "```json",
+        json.dumps(metrics, indent=2, sort_keys=True),
+        "```",
+    ]
+    (model_dir / "README.md").write_text("\n".join(body) + "\n")

@@ -1,0 +1,70 @@
+"""The SFT stage: TRL ``SFTTrainer`` on the rows the select stage chose.
+
+Reads top to bottom: config → data → tokenizer and model → trainer → train (resuming) → save and card.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from deita.training import common
+
+log = logging.getLogger(__name__)
+
+
+def run_sft_stage(cfg: DictConfig, ctx) -> dict:
+    """Fine-tune ``cfg.model`` on ``<run_dir>/select/selected.jsonl``; write ``model/`` into the stage dir."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from deita.data.loading import read_jsonl
+    from deita.models.resolve import resolve_model
+    from deita.tracking import run_label, tracked_run
+
+    node = cfg.sft
+    # 1. Data: the selection, in selection order, as canonical messages.
+    rows = read_jsonl(ctx.upstream["select"] / "selected.jsonl")
+    train_rows, eval_rows = common.split_eval(rows, node.eval_fraction, cfg.seed)
+    train_ds = Dataset.from_list([{"messages": r["messages"]} for r in train_rows])
+    eval_ds = Dataset.from_list([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
+
+    # 2. Tokenizer and model.
+    model_path = resolve_model(cfg.model.name_or_path, cfg.paths.cache_dir)
+    tokenizer = common.load_tokenizer(model_path, node.chat_template, cfg.model.trust_remote_code)
+    model = common.load_model(model_path, cfg.model, node.peft)
+
+    # 3. Trainer.
+    report_to = "wandb" if cfg.logger.backend == "wandb" else "none"
+    args = SFTConfig(
+        **common.trainer_arguments(node, ctx.work_dir, world_size=ctx.dist.world_size, seed=cfg.seed,
+                                   report_to=report_to, run_name=f"{run_label(cfg, ctx.run_dir)}/sft",
+                                   eval_enabled=eval_ds is not None),
+        packing=node.packing,
+        assistant_only_loss=node.assistant_only_loss,
+    )
+    with tracked_run(cfg, "sft", ctx.run_dir):
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer, peft_config=common.peft_config(node.peft))
+        # 4. Train, resuming from the last checkpoint of an interrupted run.
+        trainer.train(resume_from_checkpoint=common.last_checkpoint(ctx.work_dir, node.resume))
+        metrics = common.final_metrics(trainer)
+        if eval_ds is not None:
+            metrics.update({k: float(v) for k, v in trainer.evaluate().items() if k == "eval_loss"})
+
+    # 5. Save the model, tokenizer and a model card that says where the data came from.
+    model_dir = common.save_final_model(trainer, tokenizer, ctx.work_dir, ctx.dist.is_main)
+    if ctx.dist.is_main:
+        select_manifest = ctx.upstream_manifests["select"]
+        provenance = {
+            "selection_fingerprint": select_manifest["fingerprint"],
+            "selection_method": select_manifest["config"]["selection"],
+            "pool": select_manifest["inputs"]["data"],
+            "selected_rows": select_manifest.get("selected_rows"),
+        }
+        common.write_model_card(model_dir, title=f"{cfg.recipe_name} SFT", base_model=cfg.model.name_or_path,
+                                stage_cfg=node, provenance=provenance, metrics=metrics)
+    return {"train_rows": len(train_rows), "eval_rows": len(eval_rows), "metrics": metrics,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "distributed_type": str(trainer.accelerator.distributed_type)}
