@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import partial
 
 from deita.registry import Registry
-from deita.selection.scorers.deita_scorer import DeitaScorer, ScoringError, score_rows
+from deita.selection.scorers.deita_scorer import DeitaScorer, ScoringError, evol_score, score_rows
 
 SCORERS: Registry = Registry("scorer")
 """Scorer kind → ``loader(path, **options) -> DeitaScorer``."""
@@ -18,4 +18,4 @@ SCORERS: Registry = Registry("scorer")
 SCORERS.register("complexity")(partial(DeitaScorer, "complexity"))
 SCORERS.register("quality")(partial(DeitaScorer, "quality"))
 
-__all__ = ["SCORERS", "DeitaScorer", "ScoringError", "score_rows"]
+__all__ = ["SCORERS", "DeitaScorer", "ScoringError", "evol_score", "score_rows"]

@@ -177,3 +177,12 @@ def score_rows(rows: list[dict], scorer: DeitaScorer, on_error: str = "raise") -
         if err and not per_row[r]:
             per_row[r] = [math.nan]
     return {f"{kind}_turns": per_row, f"{kind}_truncated": cut, f"{kind}_error": row_errors}
+
+
+def evol_score(complexity_turns: list[float], quality_turns: list[float]) -> float:
+    """DEITA's evol score of one conversation: Σ_t c_t · q_t (NaN if any turn is NaN)."""
+    if len(complexity_turns) != len(quality_turns):
+        raise ValueError(
+            f"per-turn complexity ({len(complexity_turns)}) and quality ({len(quality_turns)}) scores differ in length"
+        )
+    return float(sum(float(c) * float(q) for c, q in zip(complexity_turns, quality_turns)))
