@@ -1,0 +1,267 @@
+"""Load any supported source into canonical rows (see :mod:`deita.data.formats`); read/write JSONL.
+
+JSON and JSONL are parsed with the standard library, record by record, rather than through
+``datasets.load_dataset("json")``: the Arrow JSON reader reports neither the record index nor the line
+of a syntax error, and it unifies the schema across records (filling absent keys with null or failing
+on mixed types), so a bad record could not be named exactly. Parquet, ``save_to_disk`` folders and hub
+datasets go through pyarrow / ``datasets``. Loading writes nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+from deita.data.errors import DataError, expected
+from deita.data.formats import FORMATS, KINDS, Format, detect_format, normalise_record
+from deita.distributed import env_dist
+from deita.fingerprint import hash_rows
+
+logger = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet")
+"""File endings read as local data files (a folder is read file by file in name order)."""
+_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+@dataclass
+class LoadResult:
+    """Canonical rows of one source and how they were obtained."""
+
+    rows: list[dict]
+    """Canonical rows (sft, preference or prompts), in source order."""
+    skipped: int
+    """Records skipped as bad (only with ``on_error="skip"``)."""
+    source: str
+    """The source as given."""
+    fingerprint: str
+    """Content hash of ``rows`` (:func:`deita.fingerprint.hash_rows`)."""
+    format: str
+    """Detected (or forced) format name; several joined by ``+`` if records differed."""
+    kind: str
+    """``sft``, ``preference`` or ``prompts``."""
+    first_error: DataError | None = None
+    """The first skipped record's error, if any."""
+
+
+class _Raw(NamedTuple):
+    file: str  # label used in errors
+    stem: str  # for default ids "{stem}:{index}"
+    index: int
+    line: int | None
+    value: Any
+    error: DataError | None = None
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in DATA_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _open_text(path: Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _jsonl_records(path: Path) -> Iterator[_Raw]:
+    """One record per non-blank line; a syntax error is yielded (not raised) with its line number."""
+    label, stem, index = str(path), _stem(path), 0
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield _Raw(label, stem, index, lineno, json.loads(line))
+            except json.JSONDecodeError as e:
+                err = DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=label, index=index, line=lineno)
+                yield _Raw(label, stem, index, lineno, None, err)
+            index += 1
+
+
+def _json_records(path: Path, split: str) -> Iterator[_Raw]:
+    """A JSON list of records, or an object holding that list under ``split``, "data" or "train"."""
+    with _open_text(path) as f:
+        try:
+            value = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg} (line {e.lineno} column {e.colno})", file=str(path)) from None
+    if isinstance(value, dict):
+        key = next((k for k in (split, "data", "train") if isinstance(value.get(k), list)), None)
+        value = value[key] if key else value
+    if not isinstance(value, list):
+        err = expected(f"a list of records, or an object with a list under '{split}', 'data' or 'train'", value)
+        raise err.at(file=str(path))
+    for i, rec in enumerate(value):
+        yield _Raw(str(path), _stem(path), i, None, rec)
+
+
+def _table_records(rows: list[dict], label: str, stem: str) -> Iterator[_Raw]:
+    for i, rec in enumerate(rows):
+        yield _Raw(label, stem, i, None, rec)
+
+
+def _file_records(path: Path, split: str) -> Iterator[_Raw]:
+    name = path.name
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return _jsonl_records(path)
+    if name.endswith((".json", ".json.gz")):
+        return _json_records(path, split)
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return _table_records(pq.read_table(path).to_pylist(), str(path), _stem(path))
+    raise DataError(f"expected a file ending in one of {', '.join(DATA_SUFFIXES)}, found {name!r}", file=str(path))
+
+
+def _disk_records(path: Path, split: str) -> Iterator[_Raw]:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise DataError(f"expected a split {split!r}, found splits {sorted(ds)}", file=str(path))
+        ds = ds[split]
+    return _table_records(ds.to_list(), str(path), path.name)
+
+
+def _dir_records(path: Path, split: str) -> Iterator[_Raw]:
+    if any((path / m).is_file() for m in _DISK_MARKERS):
+        yield from _disk_records(path, split)
+        return
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+    if not files:
+        msg = f"expected data files ({', '.join(DATA_SUFFIXES)}) or a datasets.save_to_disk folder, found none"
+        raise DataError(msg, file=str(path))
+    for f in files:
+        yield from _file_records(f, split)
+
+
+def _looks_local(source: str) -> bool:
+    return source.endswith(DATA_SUFFIXES) or source.startswith((".", "/", "~")) or os.path.exists(source)
+
+
+def iter_records(source: str, split: str = "train") -> Iterator[_Raw]:
+    """Raw records of ``source`` in order, each with its file label, stem, index and line."""
+    path = Path(os.path.expanduser(source))
+    if not _looks_local(source):
+        from datasets import load_dataset
+
+        ds = load_dataset(source, split=split)
+        return _table_records(ds.to_list(), source, source.rstrip("/").split("/")[-1])
+    if not path.exists():
+        raise FileNotFoundError(f"data source not found: {path}")
+    return _dir_records(path, split) if path.is_dir() else _file_records(path, split)
+
+
+def load_rows(
+    source: str,
+    kind: str = "auto",
+    *,
+    fmt: str = "auto",
+    split: str = "train",
+    on_error: str = "raise",
+    limit: int | None = None,
+) -> LoadResult:
+    """Canonical rows of ``source`` (a .json/.jsonl/.jsonl.gz/.json.gz/.parquet file, a folder of
+    such files, a ``datasets.save_to_disk`` folder, or a hub dataset name loaded with ``split``).
+
+    ``kind`` is ``sft``, ``preference``, ``prompts`` or ``auto`` (the kind of the first good record's
+    format). ``fmt`` forces a format name from ``FORMATS``; ``auto`` detects it per record by its keys
+    (a record that matches none is reported against the file's format, so the error names the bad
+    field). ``on_error="raise"`` raises the first DataError (file, record, line, field);
+    ``"skip"`` drops bad records, counts them and logs one warning. Row ids must be unique.
+    ``limit`` keeps the first ``limit`` rows. Raises FileNotFoundError for a missing path and
+    DataError when no usable record remains.
+    """
+    if kind != "auto" and kind not in KINDS:
+        raise ValueError(f"kind must be 'auto' or one of {'/'.join(KINDS)}, got {kind!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of rows or None, got {limit!r}")
+    forced = None if fmt == "auto" else FORMATS.get(fmt)
+    if forced is not None and kind not in ("auto", forced.kind):
+        raise ValueError(f"format {fmt!r} yields {forced.kind} rows, but kind={kind!r} was asked for")
+    want = forced.kind if forced else (None if kind == "auto" else kind)
+    rows: list[dict] = []
+    names: list[str] = []
+    seen: dict[str, tuple[str, int]] = {}
+    file_fmt: Format | None = forced
+    skipped, first_error = 0, None
+    for raw in iter_records(source, split):
+        try:
+            if raw.error is not None:
+                raise raw.error
+            fmt_used = forced or _detect(raw.value, want, file_fmt)
+            out = normalise_record(raw.value, fmt_used, f"{raw.stem}:{raw.index}")
+            for row in out:
+                if row["id"] in seen:
+                    f0, i0 = seen[row["id"]]
+                    raise DataError(f"expected unique row ids, found {row['id']!r} again (first at {f0}: record {i0})")
+        except DataError as e:
+            e = e.at(file=raw.file, index=raw.index, line=raw.line)
+            if on_error == "raise":
+                raise e from None
+            skipped, first_error = skipped + 1, first_error or e
+            continue
+        for row in out:
+            seen[row["id"]] = (raw.file, raw.index)
+        file_fmt, want = file_fmt or fmt_used, fmt_used.kind
+        if fmt_used.name not in names:
+            names.append(fmt_used.name)
+        rows.extend(out)
+        if limit is not None and len(rows) >= limit:
+            break
+    rows = rows[:limit] if limit is not None else rows
+    if skipped and env_dist().is_main:
+        logger.warning("%s: skipped %d bad record(s); the first: %s", source, skipped, first_error)
+    if not rows:
+        why = f" ({skipped} skipped; the first: {first_error})" if skipped else ""
+        raise DataError(f"holds no usable records{why}", file=source)
+    return LoadResult(rows, skipped, source, hash_rows(rows), "+".join(names), want, first_error)
+
+
+def _detect(record: Any, kind: str | None, file_fmt: Format | None) -> Format:
+    try:
+        return detect_format(record, kind)
+    except DataError:
+        if file_fmt is None or not isinstance(record, dict):
+            raise
+        return file_fmt  # parse as the file's format so the error names the bad field
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All records of a .jsonl (or .jsonl.gz) file; a bad line raises DataError with its line."""
+    out = []
+    for raw in _jsonl_records(Path(path)):
+        if raw.error is not None:
+            raise raw.error
+        out.append(raw.value)
+    return out
+
+
+def write_jsonl(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write ``rows`` one JSON object per line (gzip if the name ends in .gz), atomically: a temp
+    file in the same folder, then ``os.replace``. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        opener = gzip.open(tmp, "wt", encoding="utf-8") if path.name.endswith(".gz") else open(tmp, "w", encoding="utf-8")
+        with opener as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
