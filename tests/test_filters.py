@@ -1,0 +1,289 @@
+"""The greedy Repr filter: fast blocked path vs the one-at-a-time oracle, hand-worked cases, edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deita.selection import filters
+from deita.selection.filters import (
+    GreedyResult,
+    greedy_diverse,
+    greedy_diverse_naive,
+    l2_normalize,
+    score_order,
+)
+
+BLOCKS = [1, 2, 7, 64, 1024]
+TAU = 0.9
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _at_sim(u, rng, sim):
+    """A vector whose cosine with unit ``u`` is ``sim`` (up to float32 rounding)."""
+    w = rng.normal(size=u.shape)
+    w -= (w @ u) * u
+    w = _unit(w)
+    return sim * u + math.sqrt(max(0.0, 1.0 - sim * sim)) * w
+
+
+def _tricky_pool(seed=0, dim=48):
+    """Clusters, near-duplicates at tau +- tiny deltas, exact duplicates, tied scores and NaN scores."""
+    rng = np.random.default_rng(seed)
+    centres = [_unit(rng.normal(size=dim)) for _ in range(12)]
+    rows = []
+    for c in centres:
+        rows.append(c)
+        for _ in range(20):  # cluster members, sims spread around tau
+            rows.append(_at_sim(c, rng, rng.uniform(0.8, 0.97)))
+        for d in (3e-8, 1e-7, 3e-7, 1e-6, 1e-5, 1e-3):  # just above and just below tau
+            rows.append(_at_sim(c, rng, TAU + d))
+            rows.append(_at_sim(c, rng, TAU - d))
+        rows.append(c.copy())  # exact duplicate of the centre
+        rows.append(3.0 * c)  # same direction, other norm
+    emb = np.asarray(rows, dtype=np.float32)
+    scores = np.round(rng.uniform(1, 6, size=len(rows)), 1)  # many ties at one decimal
+    scores[rng.choice(len(rows), 15, replace=False)] = np.nan
+    perm = rng.permutation(len(rows))  # interleave clusters in pool order
+    return emb[perm], scores[perm]
+
+
+# --------------------------------------------------------------------------------------- score_order
+
+
+def test_score_order_descending_ties_by_index_nan_excluded():
+    s = [2.0, np.nan, 5.0, 2.0, 5.0, -1.0, np.nan, 2.0]
+    assert score_order(s).tolist() == [2, 4, 0, 3, 7, 5]
+    assert score_order([np.nan, np.nan]).tolist() == []
+    assert score_order([]).dtype == np.int64
+
+
+def test_score_order_rejects_2d():
+    with pytest.raises(ValueError, match="1-D"):
+        score_order(np.zeros((2, 2)))
+
+
+# --------------------------------------------------------------------------------------- l2_normalize
+
+
+def test_l2_normalize_unit_rows_float32():
+    x = np.array([[3.0, 4.0], [0.0, -2.0]])
+    y = l2_normalize(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, [[0.6, 0.8], [0.0, -1.0]], rtol=1e-7)
+
+
+def test_l2_normalize_zero_row_named():
+    x = np.ones((5, 3), dtype=np.float32)
+    x[3] = 0
+    with pytest.raises(ValueError, match="row 3 is a zero vector"):
+        l2_normalize(x)
+
+
+def test_l2_normalize_nonfinite_row_named():
+    x = np.ones((4, 3))
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match="row 2 has a non-finite"):
+        l2_normalize(x)
+
+
+@pytest.mark.parametrize("fn", [greedy_diverse_naive, greedy_diverse])
+def test_greedy_zero_vector_is_an_error(fn):
+    x = np.eye(4, dtype=np.float32)
+    x[1] = 0
+    with pytest.raises(ValueError, match="row 1 is a zero vector"):
+        fn(x, [0, 1, 2, 3])
+
+
+# --------------------------------------------------------------------------------------- hand-worked 5x3
+
+HAND_EMB = np.array(
+    [
+        [1.0, 0.0, 0.0],  # 0  score 3.0
+        [0.0, 1.0, 0.0],  # 1  score 5.0
+        [1.0, 1.0, 0.0],  # 2  score 4.0   cos(2,1) = 1/sqrt2       = 0.7071
+        [0.0, 1.0, 0.2],  # 3  score 2.0   cos(3,1) = 1/sqrt(1.04)  = 0.9806 > 0.9
+        [1.0, 0.0, 0.5],  # 4  score 1.0   cos(4,0) = 1/sqrt(1.25)  = 0.8944
+    ]
+)
+HAND_SCORES = [3.0, 5.0, 4.0, 2.0, 1.0]
+
+
+def test_hand_worked_example():
+    order = score_order(HAND_SCORES)
+    assert order.tolist() == [1, 2, 0, 3, 4]
+    # tau 0.9: keep 1; keep 2 (0.707); keep 0 (max 0.707 to 2); reject 3 (0.981 to 1); keep 4 (0.894 to 0)
+    assert greedy_diverse_naive(HAND_EMB, order, 0.9).tolist() == [1, 2, 0, 4]
+    # tau 0.7: 2 rejected (0.707 > 0.7); 0 kept (cos 0 to 1); 3 rejected; 4 rejected (0.894 to 0)
+    assert greedy_diverse_naive(HAND_EMB, order, 0.7).tolist() == [1, 0]
+    assert greedy_diverse_naive(HAND_EMB, order, 0.9, budget=3).tolist() == [1, 2, 0]
+    for b in BLOCKS:
+        r = greedy_diverse(HAND_EMB, order, 0.9, block_size=b)
+        assert r.kept.tolist() == [1, 2, 0, 4]
+        assert r.rejected == 1 and r.scanned == 5
+        np.testing.assert_allclose(r.nn_sim[1:], [1 / math.sqrt(2), 1 / math.sqrt(2), 1 / math.sqrt(1.25)], atol=1e-6)
+        assert np.isnan(r.nn_sim[0])
+        assert greedy_diverse(HAND_EMB, order, 0.7, block_size=b).kept.tolist() == [1, 0]
+        r3 = greedy_diverse(HAND_EMB, order, 0.9, budget=3, block_size=b)
+        assert r3.kept.tolist() == [1, 2, 0] and r3.rejected == 0 and r3.scanned == 3
+
+
+# --------------------------------------------------------------------------------------- oracle vs fast
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("budget", [-1, 1, 25, 10_000])
+def test_fast_matches_oracle_every_block_size(seed, budget):
+    emb, scores = _tricky_pool(seed)
+    order = score_order(scores)
+    assert order.size == len(scores) - 15
+    want = greedy_diverse_naive(emb, order, TAU, budget)
+    assert 0 < want.size < order.size or budget == 1
+    for b in BLOCKS:
+        got = greedy_diverse(emb, order, TAU, budget, block_size=b)
+        np.testing.assert_array_equal(got.kept, want, err_msg=f"block_size={b}")
+        assert got.scanned == got.kept.size + got.rejected
+        if budget == -1 or budget > want.size:
+            assert got.scanned == order.size
+        else:  # stopped at the budget: the last scanned candidate is the budget-th kept one
+            assert got.scanned == int(np.flatnonzero(order == want[-1])[0]) + 1
+
+
+def test_borderline_pairs_exercise_the_exact_rule(monkeypatch):
+    """The tricky pool really has similarities inside the uncertainty band, in both implementations."""
+    calls = {"n": 0}
+    real = filters._exact_sim
+
+    def counting(a, b):
+        calls["n"] += 1
+        return real(a, b)
+
+    monkeypatch.setattr(filters, "_exact_sim", counting)
+    emb, scores = _tricky_pool(0)
+    order = score_order(scores)
+    greedy_diverse_naive(emb, order, TAU)
+    assert calls["n"] >= 5
+    calls["n"] = 0
+    greedy_diverse(emb, order, TAU, block_size=7)
+    assert calls["n"] >= 10
+
+
+def test_strict_greater_than_at_exactly_tau():
+    """A similarity exactly equal to float32(tau) is kept; the next float32 above is rejected."""
+    tau32 = float(np.float32(TAU))
+    e1 = np.array([1.0, 0.0], dtype=np.float32)
+    found = {}
+    # x = (t, y): normalised first coordinate is the defined similarity with e1; search y so it hits tau32
+    for target, name in ((tau32, "equal"), (float(np.nextafter(np.float32(TAU), np.float32(2))), "above")):
+        for step in range(-2000, 2000):
+            y = np.float32(math.sqrt(1 - target * target) + step * 1e-9)
+            x = np.array([target, y], dtype=np.float32)
+            sim = np.float32(filters._exact_sim(l2_normalize(e1[None])[0], l2_normalize(x[None])[0]))
+            if float(sim) == target:
+                found[name] = x
+                break
+    assert set(found) == {"equal", "above"}
+    emb = np.stack([e1, found["equal"], found["above"]])
+    for fn in (greedy_diverse_naive, lambda *a: greedy_diverse(*a).kept):
+        assert fn(emb, [0, 1], TAU).tolist() == [0, 1]  # sim == tau: not > tau, kept
+        assert fn(emb, [0, 2], TAU).tolist() == [0]  # one float32 ulp above tau: rejected
+
+
+def test_exact_at_any_block_size_unlike_reference_batches():
+    """a~b and b~c but a!~c: greedy keeps a, rejects b, keeps c. The reference with b, c in one batch would
+    also reject c (similar to the *rejected* b); ours keeps it at every block size."""
+    rng = np.random.default_rng(3)
+    a = _unit(rng.normal(size=16))
+    w = _unit(_at_sim(a, rng, 0.0))
+    b = 0.95 * a + math.sqrt(1 - 0.95**2) * w  # cos(a,b)=0.95
+    c = 0.80 * a + math.sqrt(1 - 0.80**2) * w  # cos(a,c)=0.80, cos(b,c)=0.76+0.19=0.95...
+    assert _unit(b) @ _unit(c) > TAU and a @ _unit(c) < TAU
+    emb = np.stack([a, b, c]).astype(np.float32)
+    assert greedy_diverse_naive(emb, [0, 1, 2]).tolist() == [0, 2]
+    for bs in BLOCKS:
+        assert greedy_diverse(emb, [0, 1, 2], block_size=bs).kept.tolist() == [0, 2]
+
+
+def test_smaller_budget_is_prefix_of_larger():
+    emb, scores = _tricky_pool(1)
+    order = score_order(scores)
+    big = greedy_diverse(emb, order, TAU, budget=40, block_size=64).kept
+    small = greedy_diverse(emb, order, TAU, budget=24, block_size=7).kept
+    assert big.size == 40
+    np.testing.assert_array_equal(small, big[:24])
+    np.testing.assert_array_equal(greedy_diverse_naive(emb, order, TAU, 24), big[:24])
+
+
+def test_budget_zero_and_larger_than_pool():
+    emb, scores = _tricky_pool(0)
+    order = score_order(scores)
+    assert greedy_diverse_naive(emb, order, TAU, 0).size == 0
+    r = greedy_diverse(emb, order, TAU, 0)
+    assert r.kept.size == 0 and r.scanned == 0
+    everything = greedy_diverse(emb, order, TAU, -1).kept
+    np.testing.assert_array_equal(greedy_diverse(emb, order, TAU, 10**6).kept, everything)
+
+
+def test_exact_duplicates_and_tau_one():
+    """Strict '>' with tau=1.0 rejects nothing (cosine never exceeds 1; rounding excess is clamped), so
+    exact duplicates survive; any tau below 1 (here 0.9999) removes them."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(6, 10)).astype(np.float32)
+    emb = np.concatenate([base, base, 2.5 * base])  # each direction three times
+    order = np.arange(18)
+    for fn in (greedy_diverse_naive, lambda *a: greedy_diverse(*a, block_size=4).kept):
+        assert fn(emb, order, 1.0).tolist() == list(range(18))
+        assert fn(emb, order, 0.9999).tolist() == list(range(6))
+
+
+def test_nn_sim_matches_float64_recomputation():
+    emb, scores = _tricky_pool(0)
+    order = score_order(scores)
+    r = greedy_diverse(emb, order, TAU, block_size=7)
+    x = l2_normalize(emb).astype(np.float64)
+    for i in range(1, r.kept.size):
+        want = np.max(x[r.kept[:i]] @ x[r.kept[i]])
+        assert abs(float(r.nn_sim[i]) - min(want, 1.0)) < 1e-5
+    assert (r.nn_sim[1:] <= np.float32(TAU) + 1e-6).all()
+    assert isinstance(r, GreedyResult)
+
+
+def test_input_validation():
+    emb = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="unique"):
+        greedy_diverse(emb, [0, 1, 1])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        greedy_diverse_naive(emb, [0, 3])
+    with pytest.raises(ValueError, match="budget"):
+        greedy_diverse(emb, [0, 1], budget=-2)
+    with pytest.raises(ValueError, match="block_size"):
+        greedy_diverse(emb, [0, 1], block_size=0)
+    with pytest.raises(ValueError, match="tau"):
+        greedy_diverse(emb, [0, 1], tau=float("nan"))
+
+
+def test_torch_input_and_precision_restored():
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+    try:
+        r = greedy_diverse(torch.tensor(HAND_EMB), torch.tensor([1, 2, 0, 3, 4]).numpy(), 0.9)
+        assert r.kept.tolist() == [1, 2, 0, 4]
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_oracle():
+    emb, scores = _tricky_pool(0)
+    order = score_order(scores)
+    want = greedy_diverse_naive(emb, order, TAU)
+    for b in BLOCKS:
+        np.testing.assert_array_equal(greedy_diverse(emb, order, TAU, block_size=b, device="cuda").kept, want)
