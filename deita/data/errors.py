@@ -102,13 +102,6 @@ class DataError(ValueError):
             field=self.field,
         )
 
-    def __reduce__(self):  # keeps the keyword parts when the error crosses processes
-        return (_rebuild, (self.message, self.file, self.index, self.line, self.field))
-
-
-def _rebuild(message, file, index, line, field) -> DataError:
-    return DataError(message, file=file, index=index, line=line, field=field)
-
 
 def expected(what: str, found: Any, field: str | None = None) -> DataError:
     """``DataError("expected <what>, found <describe(found)>", field=field)``."""

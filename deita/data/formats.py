@@ -123,7 +123,7 @@ def _check_order(msgs: list[_Msg], field: str) -> None:
     for k in range(start, len(msgs)):
         want = "user" if (k - start) % 2 == 0 else "assistant"
         if msgs[k].role != want:
-            what = f"a {want} turn (turns alternate user/assistant after an optional leading system message)"
+            what = f"{'a user' if want == 'user' else 'an assistant'} turn (roles alternate user/assistant after an optional leading system message)"
             raise expected(what, msgs[k].raw_role, msgs[k].path)
 
 
@@ -234,7 +234,7 @@ def from_hh(record: dict, default_id: str) -> list[dict]:
         k = next((i for i, (a, b) in enumerate(zip(prompt_c, prompt_r)) if not _same(a, b)), min(len(prompt_c), len(prompt_r)))
         raise DataError(
             f"expected the same prompt turns as 'chosen', found a difference at prompt turn {k} "
-            f"(chosen has {len(prompt_c)} prompt turns, rejected has {len(prompt_r)})",
+            f"(prompt lengths: chosen {len(prompt_c)}, rejected {len(prompt_r)})",
             field="rejected",
         )
     return [_preference_row(record_id(record, default_id), prompt_c, chosen, rejected, ("chosen", "chosen", "rejected"))]

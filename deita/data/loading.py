@@ -80,7 +80,7 @@ def _jsonl_records(path: Path) -> Iterator[_Raw]:
             if not line.strip():
                 continue
             try:
-                yield _Raw(label, stem, index, lineno, json.loads(line))
+                yield _Raw(label, stem, index, lineno, json.loads(line.rstrip("\r\n")))
             except json.JSONDecodeError as e:
                 err = DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=label, index=index, line=lineno)
                 yield _Raw(label, stem, index, lineno, None, err)
@@ -94,12 +94,13 @@ def _json_records(path: Path, split: str) -> Iterator[_Raw]:
             value = json.load(f)
         except json.JSONDecodeError as e:
             raise DataError(f"invalid JSON: {e.msg} (line {e.lineno} column {e.colno})", file=str(path)) from None
+    keys = list(dict.fromkeys((split, "data", "train")))
     if isinstance(value, dict):
-        key = next((k for k in (split, "data", "train") if isinstance(value.get(k), list)), None)
+        key = next((k for k in keys if isinstance(value.get(k), list)), None)
         value = value[key] if key else value
     if not isinstance(value, list):
-        err = expected(f"a list of records, or an object with a list under '{split}', 'data' or 'train'", value)
-        raise err.at(file=str(path))
+        under = ", ".join(map(repr, keys[:-1])) + f" or {keys[-1]!r}"
+        raise expected(f"a list of records, or an object with a list under {under}", value).at(file=str(path))
     for i, rec in enumerate(value):
         yield _Raw(str(path), _stem(path), i, None, rec)
 
