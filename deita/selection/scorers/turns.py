@@ -17,8 +17,8 @@ class ConversationError(ValueError):
     """A row whose messages cannot be split into user/assistant turns."""
 
 
-def conversation_turns(messages: list[dict], row_id: str = "?") -> list[tuple[str, str]]:
-    """Split canonical ``messages`` into ``(instruction, response)`` pairs (see module doc)."""
+def dialogue_messages(messages: list[dict], row_id: str = "?") -> list[tuple[str, str]]:
+    """``(role, content)`` of the alternating user/assistant body of a conversation (see module doc)."""
     msgs = list(messages or [])
     start = 0
     while start < len(msgs) and msgs[start].get("role") == "system":
@@ -28,7 +28,7 @@ def conversation_turns(messages: list[dict], row_id: str = "?") -> list[tuple[st
     body = msgs[start:]
     if not body:
         raise ConversationError(f"row {row_id!r}: no user message to score (messages: {len(msgs)})")
-    turns: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = []
     for j, msg in enumerate(body):
         expected = "user" if j % 2 == 0 else "assistant"
         role = msg.get("role")
@@ -39,8 +39,18 @@ def conversation_turns(messages: list[dict], row_id: str = "?") -> list[tuple[st
             )
         content = msg.get("content")
         if not isinstance(content, str):
-            raise ConversationError(f"row {row_id!r}, message {start + j}: content must be a string, found {type(content).__name__}")
-        if expected == "user":
+            raise ConversationError(
+                f"row {row_id!r}, message {start + j}: content must be a string, found {type(content).__name__}"
+            )
+        out.append((role, content))
+    return out
+
+
+def conversation_turns(messages: list[dict], row_id: str = "?") -> list[tuple[str, str]]:
+    """Split canonical ``messages`` into ``(instruction, response)`` pairs (see module doc)."""
+    turns: list[tuple[str, str]] = []
+    for role, content in dialogue_messages(messages, row_id):
+        if role == "user":
             turns.append((content, ""))
         else:
             turns[-1] = (turns[-1][0], content)

@@ -1,0 +1,75 @@
+"""Causal-LM embedders: final-layer (post-norm) hidden state at the last real token, or mean-pooled.
+
+``clm_last`` is the reference Repr-Filter embedding (hkust-nlp/deita ``CLM_Embedder``): the rendered
+conversation tokenised with the tokenizer's default special tokens (BOS), truncated on the right at
+``max_length``, and the last layer's hidden state of the last non-pad token. We read the base model's
+``last_hidden_state`` (identical to ``hidden_states[-1]``) instead of materialising every layer.
+"""
+
+from __future__ import annotations
+
+from deita.selection.scorers.batching import (
+    final_hidden_states,
+    length_sorted_batches,
+    pad_batch,
+    resolve_device,
+    resolve_dtype,
+)
+
+
+class ClmEmbedder:
+    """Embeds texts with a causal LM. ``pooling``: 'last' (reference) or 'mean' (over real tokens)."""
+
+    def __init__(self, path: str, *, pooling: str = "last", max_length: int = 2048, batch_size: int = 8,
+                 dtype: str = "float32", device: str = "auto", padding_side: str = "right",
+                 trust_remote_code: bool = False, show_progress: bool = True):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+        self.path, self.pooling, self.padding_side = str(path), pooling, padding_side
+        self.max_length, self.batch_size, self.show_progress = int(max_length), int(batch_size), show_progress
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+        self.model.to(resolve_device(device)).eval()
+        self.device = next(self.model.parameters()).device
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.unk_token_id
+        self.pad_id = pad if pad is not None else tok.eos_token_id
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text: default special tokens, right truncation at ``max_length``."""
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [list(x) for x in enc["input_ids"]]
+
+    def embed_ids(self, seqs: list[list[int]]):
+        """Raw (unnormalised) float32 embeddings ``[N, H]`` of token sequences, in input order."""
+        import numpy as np
+        import torch
+        from tqdm.auto import tqdm
+
+        hidden_size = self.model.config.hidden_size
+        out = np.zeros((len(seqs), hidden_size), dtype=np.float32)
+        batches = length_sorted_batches([len(s) for s in seqs], self.batch_size * self.max_length, self.batch_size)
+        bar = tqdm(batches, desc=f"embed ({self.pooling})", disable=not self.show_progress or len(batches) < 2)
+        with torch.inference_mode():
+            for batch in bar:
+                ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, self.padding_side)
+                ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
+                hidden = final_hidden_states(self.model, ids, mask, pos).float()
+                if self.pooling == "last":
+                    vec = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
+                else:
+                    m = mask.unsqueeze(-1).to(hidden.dtype)
+                    vec = (hidden * m).sum(dim=1) / m.sum(dim=1)
+                out[batch] = vec.cpu().numpy()
+        return out
+
+    def embed_texts(self, texts: list[str], normalize: bool = True):
+        """Float32 embeddings ``[N, H]`` of ``texts``; L2-normalised rows unless ``normalize=False``."""
+        from deita.selection.filters import l2_normalize
+
+        raw = self.embed_ids(self.tokenize(texts))
+        return l2_normalize(raw) if normalize else raw
