@@ -1,12 +1,56 @@
-"""What ``train.py`` does with a composed config: validate, then plan or run the stages."""
+"""What ``train.py`` does with a composed config: validate, then plan, re-launch, or run the stages."""
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def under_launcher() -> bool:
+    """True inside ``accelerate launch`` / ``torchrun`` (they set WORLD_SIZE or LOCAL_RANK)."""
+    return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def accelerate_command(cfg: DictConfig, overrides: list[str], run_dir: str) -> list[str]:
+    """The ``accelerate launch`` command that re-runs this job with ``cfg.launch.num_processes`` processes."""
+    launch = cfg.launch
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launch.accelerate_config:
+        cmd += ["--config_file", str(launch.accelerate_config)]
+    else:
+        cmd += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+    cmd += ["--num_processes", str(launch.num_processes), *map(str, launch.extra_args)]
+    script = os.path.abspath(sys.argv[0])
+    return cmd + [script, *overrides, f"hydra.run.dir={run_dir}"]
+
+
+def relaunch(cfg: DictConfig) -> None:
+    """Run this job as ``accelerate launch`` with N processes and wait for it (one sweep point at a time)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith("hydra.")]
+    cmd = accelerate_command(cfg, overrides, hc.runtime.output_dir)
+    env = dict(os.environ)
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["ACCELERATE_USE_CPU"] = "1"  # without it, --multi_gpu on CPU starts N independent copies
+    except ImportError:  # pragma: no cover
+        pass
+    log.info("re-launching with %d processes: %s", cfg.launch.num_processes, " ".join(cmd))
+    subprocess.run(cmd, env=env, check=True)
 
 
 def run(cfg: DictConfig) -> None:
-    """Validate ``cfg``; then print the plan (``plan=true``) or run the pipeline."""
+    """Validate ``cfg``; then print the plan (``plan=true``), re-launch, or run the pipeline."""
     from deita.validate import validate_config
 
     validate_config(cfg)
@@ -14,6 +58,9 @@ def run(cfg: DictConfig) -> None:
         from deita.plan import print_plan
 
         print_plan(cfg)
+        return
+    if cfg.launch.num_processes > 1 and not under_launcher():
+        relaunch(cfg)
         return
     from deita.pipeline import run_pipeline
 

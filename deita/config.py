@@ -50,6 +50,10 @@ class DataSource:
     """Read only the first ``limit`` usable records (null: all)."""
     on_error: str = "raise"
     """A malformed record stops the run ('raise') or is skipped and counted ('skip')."""
+    approx_rows: Optional[int] = None
+    """Row count plan mode assumes when it cannot read the source offline (hub datasets)."""
+    approx_tokens_per_row: Optional[int] = None
+    """Tokens per row plan mode assumes when it cannot read the source offline."""
 
 
 @dataclass
@@ -189,6 +193,22 @@ class PlanConfig:
     """Peak dense bf16 TFLOP/s of one GPU (989 = H100 SXM)."""
     chars_per_token: float = 3.6
     """Characters per token used to estimate token counts without a tokenizer."""
+    gpus: int = 8
+    """GPUs the plan assumes (gradient accumulation and wall-clock hours are computed for this many)."""
+
+
+@dataclass
+class LaunchConfig:
+    """How ``train.py`` starts its processes when it is run with plain ``python``."""
+
+    num_processes: int = 1
+    """Processes per job. Above 1, ``python train.py`` (and each ``-m`` sweep job) re-launches itself with
+    ``accelerate launch`` so a Hydra multirun stays one driver process that spawns one distributed job per
+    sweep point. Ignored when already running under a launcher."""
+    accelerate_config: Optional[str] = None
+    """Accelerate config file for that re-launch (e.g. launch/deepspeed_zero3.yaml); null uses flags."""
+    extra_args: List[str] = field(default_factory=list)
+    """More ``accelerate launch`` arguments, e.g. [--main_process_port, "29600"]."""
 
 
 @dataclass
@@ -212,6 +232,8 @@ class RootConfig:
     """Print the plan (counts, tokens, steps, GPU-hours) and exit without loading any model."""
     plan_options: PlanConfig = field(default_factory=PlanConfig)
     """Assumptions of plan mode."""
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    """Self-launch under accelerate (for multi-process jobs started with plain python, e.g. sweeps)."""
     recipe_name: str = "${hydra:runtime.choices.recipe}"
     """Name of the chosen recipe (set by Hydra)."""
     run_dir: str = "${hydra:runtime.output_dir}"

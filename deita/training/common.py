@@ -148,6 +148,10 @@ def save_final_model(trainer, tokenizer, out_dir: Path, is_main: bool) -> Path:
         trainer.save_model(str(model_dir))
     if is_main:
         tokenizer.save_pretrained(model_dir)
+        # Checkpoints only serve resuming an unfinished stage; a finished one keeps just the final model.
+        import shutil
+
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return model_dir
 
 

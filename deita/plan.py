@@ -1,0 +1,162 @@
+"""Plan mode: per stage, the data counts, estimated tokens, optimizer steps and GPU-hours. Loads no model.
+
+Estimates, stated so they can be checked:
+
+* tokens = characters / ``plan_options.chars_per_token`` (local data), or the source's
+  ``approx_rows`` × ``approx_tokens_per_row`` (hub data that cannot be read offline); each training
+  sequence is capped at the stage's ``max_length``;
+* training FLOPs = 6 × params × tokens per epoch × epochs (forward + backward); scoring and embedding
+  FLOPs = 2 × params × tokens (forward only); DPO adds 2 × params × tokens for the reference model;
+* GPU-hours = FLOPs / (``gpu_tflops`` × 10¹² × ``mfu``) / 3600; wall hours divide by ``gpus``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+DEFAULT_EPOCHS = 3  # transformers' TrainingArguments default
+
+
+@dataclass
+class SourceStats:
+    """Rows and total characters (or tokens) of the sources of one stage."""
+
+    rows: int
+    tokens: float
+    exact: bool
+
+
+def params_billions(ref: str, explicit: float | None = None) -> float:
+    """Parameter count of a model reference: explicit, else parsed from the name (``7b``, ``13B``, ``135m``)."""
+    if explicit:
+        return float(explicit)
+    ref = str(ref).lower()
+    if ref.startswith("tiny:"):
+        return 0.0002
+    if ref == "packaged:smollm2":
+        return 0.135
+    if ref == "packaged:minilm":
+        return 0.0227
+    match = re.search(r"(\d+(?:\.\d+)?)\s*([bm])\b", ref.replace("-", " ").replace("_", " "))
+    if not match:
+        return float("nan")
+    value = float(match.group(1))
+    return value if match.group(2) == "b" else value / 1000
+
+
+def _text_chars(row: dict) -> int:
+    if "messages" in row:
+        return sum(len(m["content"]) for m in row["messages"])
+    return sum(_text_chars({"messages": row[k]}) for k in ("prompt", "chosen", "rejected") if k in row)
+
+
+def source_stats(sources, kind: str, chars_per_token: float) -> SourceStats:
+    """Count rows and estimate tokens of ``sources`` (reads local files; trusts hints for hub data)."""
+    from pathlib import Path
+
+    rows, tokens, exact = 0, 0.0, True
+    for src in sources:
+        if Path(str(src.path)).exists():
+            from deita.data.loading import load_rows
+
+            loaded = load_rows(str(src.path), kind=kind, fmt=src.format, on_error="skip", limit=src.limit).rows
+            rows += len(loaded)
+            tokens += sum(_text_chars(r) for r in loaded) / chars_per_token
+        else:
+            exact = False
+            n = src.approx_rows or 0
+            n = min(n, src.limit) if src.limit else n
+            rows += n
+            tokens += n * (src.approx_tokens_per_row or 0)
+    return SourceStats(rows, tokens, exact)
+
+
+def gpu_hours(flops: float, opts) -> float:
+    """GPU-hours for ``flops`` at the configured peak and MFU."""
+    return flops / (opts.gpu_tflops * 1e12 * opts.mfu) / 3600
+
+
+def selection_models(sel: DictConfig) -> list[tuple[str, str]]:
+    """(role, model ref) of every model a selection method runs over the pool, read from its config."""
+    found = []
+    container = OmegaConf.to_container(sel, resolve=True)
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else k)
+        elif isinstance(node, str) and (prefix.endswith("model") or prefix.endswith("model_name_or_path")):
+            found.append((prefix, node))
+
+    walk(container, "")
+    return found
+
+
+def build_plan(cfg: DictConfig) -> list[dict]:
+    """One entry per stage with rows, tokens, steps, FLOPs and GPU-hours."""
+    opts = cfg.plan_options
+    pool = source_stats(cfg.data.pool, "sft", opts.chars_per_token)
+    plan = []
+    budget = pool.rows if cfg.selection.budget < 0 else min(cfg.selection.budget, pool.rows or cfg.selection.budget)
+    tokens_per_row = pool.tokens / pool.rows if pool.rows else 0.0
+    if "select" in cfg.stages:
+        passes = selection_models(cfg.selection)
+        # The DEITA scorers read each turn once each; an embedder reads the whole conversation once.
+        flops = sum(2 * params_billions(ref) * 1e9 * pool.tokens for _, ref in passes)
+        plan.append({"stage": "select", "rows": pool.rows, "tokens": pool.tokens, "selected": budget,
+                     "models": ", ".join(f"{role}={ref}" for role, ref in passes) or "none",
+                     "flops": flops, "gpu_hours": gpu_hours(flops, opts), "exact_counts": pool.exact})
+    params = params_billions(cfg.model.name_or_path, cfg.model.params_billions)
+    for stage in ("sft", "dpo"):
+        if stage not in cfg.stages:
+            continue
+        node = cfg[stage]
+        epochs = float(node.args.get("num_train_epochs", DEFAULT_EPOCHS))
+        if stage == "sft":
+            rows, per_row = budget, min(tokens_per_row, node.max_length)
+            flops_per_token = 6
+        else:
+            pref = source_stats(cfg.data.preference, "preference", opts.chars_per_token)
+            rows = min(pref.rows, cfg.data.preference_sample or pref.rows)
+            per_row = min(pref.tokens / pref.rows if pref.rows else 0.0, 2 * node.max_length)
+            flops_per_token = 6 + (0 if node.precompute_ref_log_probs else 2)
+        steps_per_epoch = math.ceil(rows / node.global_batch_size) if rows else 0
+        per_process = node.global_batch_size / (node.per_device_batch_size * opts.gpus)
+        tokens = rows * per_row * epochs
+        flops = flops_per_token * params * 1e9 * tokens
+        plan.append({"stage": stage, "rows": rows, "tokens": tokens, "epochs": epochs,
+                     "optimizer_steps": int(math.ceil(steps_per_epoch * epochs)),
+                     "grad_accum_at_gpus": per_process, "params_b": params, "flops": flops,
+                     "gpu_hours": gpu_hours(flops, opts)})
+    return plan
+
+
+def format_plan(cfg: DictConfig, plan: list[dict]) -> str:
+    """The plan as a readable table."""
+    opts = cfg.plan_options
+    lines = [f"Plan for recipe={cfg.recipe_name}: {opts.gpus} GPU(s) at {opts.gpu_tflops:g} TFLOP/s peak, "
+             f"MFU {opts.mfu:g}; tokens ≈ chars / {opts.chars_per_token:g}", ""]
+    header = f"{'stage':<7} {'rows':>9} {'tokens':>12} {'steps':>7} {'GPU-hours':>10} {'wall h':>8}  notes"
+    lines += [header, "-" * len(header)]
+    for e in plan:
+        steps = e.get("optimizer_steps", "")
+        notes = (f"select {e['selected']} rows; models: {e['models']}" if e["stage"] == "select"
+                 else f"{e['epochs']:g} epochs, {e['params_b']:g}B params, grad accum {e['grad_accum_at_gpus']:g} at {opts.gpus} GPUs")
+        if e.get("exact_counts") is False:
+            notes += " (hub data: counts from approx_rows hints)"
+        lines.append(f"{e['stage']:<7} {e['rows']:>9,} {e['tokens']:>12,.0f} {steps!s:>7} "
+                     f"{e['gpu_hours']:>10.2f} {e['gpu_hours'] / opts.gpus:>8.2f}  {notes}")
+    total = sum(e["gpu_hours"] for e in plan)
+    lines += ["", f"total ≈ {total:.2f} GPU-hours ({total / opts.gpus:.2f} h wall on {opts.gpus} GPU(s))"]
+    return "\n".join(lines)
+
+
+def print_plan(cfg: DictConfig) -> list[dict]:
+    """Print the plan for ``cfg`` and return it."""
+    plan = build_plan(cfg)
+    print(format_plan(cfg, plan))
+    return plan

@@ -1,0 +1,67 @@
+"""End-of-sweep summary: a table of each sweep point's overrides → final train/eval loss.
+
+Wired as a Hydra callback in ``conf/config.yaml`` (``hydra.callbacks.sweep_summary``); it runs once after
+a ``-m`` multirun and writes ``sweep_summary.md`` into the sweep directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def collect_rows(job_dirs: list[Path]) -> list[dict]:
+    """One summary row per job directory, read from its stage manifests."""
+    rows = []
+    for job in job_dirs:
+        row: dict[str, Any] = {"run": job.name}
+        for stage in ("select", "sft", "dpo"):
+            manifest_path = job / stage / "manifest.json"
+            if not manifest_path.is_file():
+                continue
+            manifest = json.loads(manifest_path.read_text())
+            if stage == "select":
+                row["selected"] = manifest.get("selected_rows")
+                row["select cache hits"] = len(manifest.get("cache", {}).get("hits", []))
+                row["select cache misses"] = len(manifest.get("cache", {}).get("misses", []))
+            for key in ("train_loss", "eval_loss"):
+                if key in manifest.get("metrics", {}):
+                    row[f"{stage} {key}"] = round(manifest["metrics"][key], 4)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table over the union of the rows' keys."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, print and write the budget → loss table."""
+
+    def __init__(self) -> None:
+        self.job_dirs: list[Path] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        self.job_dirs.append(Path(HydraConfig.get().runtime.output_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from deita.distributed import env_dist
+
+        if not self.job_dirs or not env_dist().is_main:
+            return
+        table = format_table(collect_rows(self.job_dirs))
+        sweep_dir = self.job_dirs[0].parent
+        (sweep_dir / "sweep_summary.md").write_text("# Sweep summary\n\n" + table + "\n")
+        print(f"\nSweep summary ({sweep_dir / 'sweep_summary.md'}):\n{table}")
