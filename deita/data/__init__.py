@@ -1,0 +1,17 @@
+"""Canonical data: every input format becomes one row shape at the edge (see ``formats``)."""
+
+from deita.data.errors import DataError
+from deita.data.formats import FORMATS, KINDS, detect_format, normalise_record
+from deita.data.loading import LoadResult, load_rows, read_jsonl, write_jsonl
+
+__all__ = [
+    "DataError",
+    "FORMATS",
+    "KINDS",
+    "LoadResult",
+    "detect_format",
+    "load_rows",
+    "normalise_record",
+    "read_jsonl",
+    "write_jsonl",
+]
