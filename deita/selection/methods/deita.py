@@ -1,0 +1,211 @@
+"""DEITA: score-first, diversity-aware selection (Liu et al., ICLR 2024; hkust-nlp/deita).
+
+Steps, each a small function: score every turn with the complexity and quality scorers (sharded,
+cached) → evol score Σ_t c_t·q_t per conversation → embed every conversation (sharded, cached) →
+order by the sort key (stable, descending, NaN excluded) → exact greedy filter that keeps a row iff its
+max cosine similarity to the rows already kept is ≤ ``tau``, until ``budget`` rows are kept.
+
+Table columns (one value per pool row): ``complexity_turns`` / ``quality_turns`` (per-turn scores, in
+turn order), ``complexity`` / ``quality`` (their sums over turns; for a single-turn row the score
+itself), ``evol_score`` (Σ_t c_t·q_t, the default sort key), ``n_turns``, ``complexity_truncated`` /
+``quality_truncated`` (turns whose text was cut to fit ``max_length``), ``score_error`` ('' when fine)
+and ``nn_sim`` (selected rows: cosine similarity to the nearest row kept before it; NaN otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
+
+SORT_COLUMNS = {"evol": "evol_score", "complexity": "complexity", "quality": "quality"}
+"""``sort_key`` shorthands → table column; any other numeric table column name is accepted as is."""
+
+
+@dataclass
+class DeitaScorerOptions:
+    """The complexity and quality scorers (LLM judges emitting a 1-6 digit)."""
+
+    complexity_model: str = "hkust-nlp/deita-complexity-scorer"
+    """Model ref of the complexity scorer (hub name, local folder, ``tiny:llama``, ``packaged:smollm2``)."""
+    quality_model: str = "hkust-nlp/deita-quality-scorer"
+    """Model ref of the quality scorer."""
+    max_length: int = 2048
+    """Prompt tokens kept per turn; longer turns lose the middle of their text (the template survives)."""
+    max_tokens_per_batch: int = 16384
+    """Padded tokens per forward pass (rows are batched longest-first); does not change the scores."""
+    dtype: str = "float32"
+    """Scorer weights dtype: float32 (reference), bfloat16 or float16."""
+    device: str = "auto"
+    """Torch device; 'auto' = this process's GPU when one is visible, else CPU."""
+
+
+@dataclass
+class DeitaEmbedderOptions:
+    """The embedder whose cosine similarities drive the diversity filter."""
+
+    kind: str = "clm_last"
+    """Embedder: clm_last (reference: last real token's final hidden state), clm_mean, sentence_transformers."""
+    model: str = "mistralai/Mistral-7B-v0.1"
+    """Model ref of the embedding model (the repo default; the paper used LLaMA-1-13B)."""
+    max_length: int = 2048
+    """Tokens kept per conversation (truncated on the right, as the reference)."""
+    batch_size: int = 4
+    """Conversations per forward pass (longest first); does not change the embeddings."""
+    dtype: str = "float32"
+    """Embedder weights dtype: float32, bfloat16 or float16."""
+    template: str = "vicuna_v1.1"
+    """How a conversation becomes text: vicuna_v1.1 (reference), only_answer, plain."""
+    padding_side: str = "right"
+    """Batch padding side; left and right give the same vectors (explicit position ids)."""
+    device: str = "auto"
+    """Torch device; 'auto' = this process's GPU when one is visible, else CPU."""
+
+
+@dataclass
+class DeitaSelectionConfig(SelectionConfig):
+    """DEITA selection: evol score (complexity × quality) first, then the tau diversity filter."""
+
+    method: str = "deita"
+    """Registry name of this method."""
+    scorer: DeitaScorerOptions = field(default_factory=DeitaScorerOptions)
+    """Complexity / quality scorer options."""
+    embedder: DeitaEmbedderOptions = field(default_factory=DeitaEmbedderOptions)
+    """Embedding options (used only when ``diversity`` is on)."""
+    sort_key: str = "evol"
+    """Ranking column: 'evol' (Σ c·q, reference), 'complexity', 'quality' (per-turn sums) or any numeric
+    column of the table. 'complexity' or 'quality' loads only that scorer."""
+    diversity: bool = True
+    """Apply the greedy tau filter; false = plain top-``budget`` by ``sort_key``."""
+    tau: float = 0.9
+    """Cosine similarity threshold: a row is rejected iff its similarity to a kept row is > tau."""
+    block_size: int = 1024
+    """Candidates resolved per matmul block in the exact greedy filter (does not change the result)."""
+    filter_device: str = "auto"
+    """Device of the greedy filter's matmuls; 'auto' = GPU when visible."""
+    trust_remote_code: bool = False
+    """Allow model folders that ship their own modelling code (scorers and embedder)."""
+
+
+def needed_scorers(sort_key: str) -> tuple[str, ...]:
+    """Which scorers a sort key needs: one for 'complexity'/'quality', both otherwise."""
+    return (sort_key,) if sort_key in ("complexity", "quality") else ("complexity", "quality")
+
+
+def combine_scores(cols: dict[str, list]) -> dict[str, list]:
+    """Add per-row sums ``complexity`` / ``quality``, ``evol_score`` and ``n_turns`` to scorer columns."""
+    from deita.selection.scorers.deita_scorer import evol_score
+
+    out = dict(cols)
+    n = len(next(iter(cols.values())))
+    for kind in ("complexity", "quality"):
+        if f"{kind}_turns" in cols:
+            out[kind] = [float(sum(t)) for t in cols[f"{kind}_turns"]]
+    if "complexity_turns" in cols and "quality_turns" in cols:
+        out["evol_score"] = [evol_score(c, q) for c, q in zip(cols["complexity_turns"], cols["quality_turns"])]
+    first = cols.get("complexity_turns") or cols.get("quality_turns")
+    out["n_turns"] = [len(t) for t in first] if first else [0] * n
+    errors = [""] * n
+    for kind in ("complexity", "quality"):
+        for i, e in enumerate(cols.get(f"{kind}_error", [])):
+            if e and not errors[i]:
+                errors[i] = f"{kind}: {e}"
+    for kind in ("complexity", "quality"):
+        out.pop(f"{kind}_error", None)
+    out["score_error"] = errors
+    return out
+
+
+@SELECTORS.register("deita")
+class DeitaSelector(Selector):
+    """Score (complexity, quality) → evol → embed → stable order → exact greedy tau filter."""
+
+    config_class = DeitaSelectionConfig
+
+    def score(self, rows: list[dict], ctx: SelectionContext) -> dict[str, list]:
+        """Per-row score columns (cached, sharded), combined into sums and the evol score."""
+        from deita.selection.scorers.pool import score_pool
+
+        opts, cols = self.cfg.scorer, {}
+        for kind in needed_scorers(self.cfg.sort_key):
+            ref = opts.complexity_model if kind == "complexity" else opts.quality_model
+            cols.update(score_pool(
+                rows, kind, ctx.model_resolver(ref), cache=ctx.cache, data_fingerprint=ctx.data_fingerprint,
+                dist_info=ctx.dist, on_error=self.cfg.on_error, max_length=opts.max_length,
+                max_tokens_per_batch=opts.max_tokens_per_batch, dtype=opts.dtype, device=opts.device,
+                trust_remote_code=self.cfg.trust_remote_code))
+        return combine_scores(cols)
+
+    def embed(self, rows: list[dict], ctx: SelectionContext):
+        """L2-normalised float32 embeddings of every row (cached, sharded)."""
+        from deita.selection.embedders.pool import embed_pool
+
+        e = self.cfg.embedder
+        return embed_pool(rows, e.kind, ctx.model_resolver(e.model), cache=ctx.cache,
+                          data_fingerprint=ctx.data_fingerprint, dist_info=ctx.dist, on_error=self.cfg.on_error,
+                          template=e.template, max_length=e.max_length, batch_size=e.batch_size, dtype=e.dtype,
+                          device=e.device, padding_side=e.padding_side, trust_remote_code=self.cfg.trust_remote_code)
+
+    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:
+        """Run the DEITA steps over ``rows``; see the module docstring for the table columns."""
+        import numpy as np
+
+        from deita.selection.filters import greedy_diverse, score_order
+        from deita.selection.scorers.batching import resolve_device
+
+        cfg, timings = self.cfg, {}
+        t0 = time.perf_counter()
+        table = self.score(rows, ctx)
+        timings["score_s"] = time.perf_counter() - t0
+        column = SORT_COLUMNS.get(cfg.sort_key, cfg.sort_key)
+        if column not in table:
+            raise KeyError(f"selection.sort_key {cfg.sort_key!r}: no column {column!r}; have {sorted(table)}")
+        keys = np.asarray(table[column], dtype=np.float64)
+        order = score_order(keys)
+        budget = int(cfg.budget)
+        nn_sim = [math.nan] * len(rows)
+        report = {"sort_key": column, "pool_rows": len(rows), "scored_rows": int(order.size),
+                  "nan_rows": int(len(rows) - order.size)}
+        for kind in ("complexity", "quality"):
+            if f"{kind}_turns" in table:
+                report[f"{kind}_nan_turns"] = int(sum(math.isnan(v) for t in table[f"{kind}_turns"] for v in t))
+                report[f"{kind}_truncated_turns"] = int(sum(table[f"{kind}_truncated"]))
+        if cfg.diversity:
+            t1 = time.perf_counter()
+            emb = self.embed(rows, ctx)
+            timings["embed_s"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            valid = np.flatnonzero(~np.isnan(keys))
+            local = np.empty(len(rows), dtype=np.int64)
+            local[valid] = np.arange(valid.size)
+            res = greedy_diverse(emb[valid], local[order], tau=cfg.tau, budget=budget, block_size=cfg.block_size,
+                                 device=resolve_device(cfg.filter_device), progress=ctx.dist.is_main)
+            selected = [int(valid[i]) for i in res.kept]
+            for pos, i in enumerate(selected):
+                nn_sim[i] = float(res.nn_sim[pos])
+            timings["filter_s"] = time.perf_counter() - t2
+            report.update(tau=float(cfg.tau), rejected_by_tau=int(res.rejected), scanned=int(res.scanned),
+                          embedding_dim=int(emb.shape[1]))
+        else:
+            selected = [int(i) for i in (order if budget < 0 else order[:budget])]
+        table["nn_sim"] = nn_sim
+        report.update(selected_rows=len(selected), timings=timings)
+        kept_sims = [nn_sim[i] for i in selected[1:]]
+        plots = {"deita_nn_similarity": _nn_hist(kept_sims, float(cfg.tau))} if cfg.diversity else {}
+        return SelectionResult(table=table, order=selected, report=report, plots=plots)
+
+
+def _nn_hist(sims: list[float], tau: float):
+    """Plot function: histogram of each kept row's similarity to its nearest earlier kept row."""
+
+    def draw(ax) -> None:
+        ax.hist([s for s in sims if not math.isnan(s)], bins=40, color="tab:blue")
+        ax.axvline(tau, color="tab:red", linestyle="--", label=f"tau = {tau}")
+        ax.set_xlabel("cosine similarity to nearest previously kept row")
+        ax.set_ylabel("selected rows")
+        ax.set_title("DEITA: nearest-kept-neighbour similarity")
+        ax.legend()
+
+    return draw
