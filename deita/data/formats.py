@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from deita.data.errors import MISSING, DataError, describe, expected
+from deita.data.errors import MISSING, DataError, expected
 from deita.registry import Registry
 
 KINDS = ("sft", "preference", "prompts")
