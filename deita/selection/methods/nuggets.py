@@ -1,0 +1,144 @@
+"""Nuggets selection: one-shot golden score (Li et al., 2023), then a threshold or top-k rule,
+optionally followed by the DEITA diversity filter.
+
+Modes (details in :mod:`deita.selection.nuggets`): ``faithful`` reproduces pldlgb/nuggets token for
+token (``[PAD]`` resize, BOS only on the one-shot demonstration, anchors cut at 200 tokens, fp32);
+``clean`` puts BOS in both passes, skips the ``[PAD]`` resize and lets ``anchor_max_length`` and ``dtype``
+vary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
+
+
+@dataclass
+class NuggetsAnchorsConfig:
+    """Where the anchors (predefined tasks) come from."""
+
+    method: str = "kmeans"
+    """kmeans: the pool example nearest each k-means centroid (reference); random: k uniform pool rows;
+    file: the rows of ``path`` (any file the data layer loads)."""
+    k: int = 100
+    """Number of clusters (kmeans) or rows (random). The reference uses 100."""
+    seed: int = 0
+    """Seed of k-means++ / the random draw (the reference's KMeans uses random_state=0)."""
+    path: Optional[str] = None
+    """Anchor file for method=file."""
+    embedder: str = "reference"
+    """Embedding for kmeans: 'reference' (AutoModel mean over all padded positions, pads included, as the
+    reference) or an EMBEDDERS name (clm_last, clm_mean, sentence_transformers)."""
+    embedder_model: Optional[str] = None
+    """Model ref of the embedder; None uses the scoring model (as the reference)."""
+    embed_max_length: int = 512
+    """Tokens per text for the anchor embedding (reference: 512, padded to it)."""
+    embed_batch_size: int = 30
+    """Texts per embedding forward (reference: 30; the 'reference' embedding pads to a fixed length, so
+    batching does not change it)."""
+
+
+@dataclass
+class NuggetsSelectionConfig(SelectionConfig):
+    """Nuggets golden-score selection (``selection=nuggets``)."""
+
+    method: str = "nuggets"
+    """Registry name."""
+    budget: int = -1
+    """Rows to keep after the rule (and the diversity filter); -1 keeps every row the rule accepts."""
+    model: str = "huggyllama/llama-7b"
+    """Scoring LLM (model ref: hub name, folder, tiny:llama, packaged:smollm2). Reference: LLaMA-7B base."""
+    mode: str = "faithful"
+    """'faithful' (reference tokens and quirks, fp32, 200-token anchors) or 'clean' (BOS in both passes,
+    no [PAD] resize, configurable anchor_max_length and dtype)."""
+    anchors: NuggetsAnchorsConfig = field(default_factory=NuggetsAnchorsConfig)
+    """The anchor set."""
+    anchor_max_length: Optional[int] = 200
+    """Anchor tokens kept (right truncation); answer tokens past it are not scored. Faithful: must be 200.
+    Clean: any value, or null for no truncation."""
+    dtype: str = "float32"
+    """Scoring dtype. Faithful: must be float32 (GS compares near-equal sums with a strict '>')."""
+    device: str = "auto"
+    """'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', ..."""
+    trust_remote_code: bool = False
+    """Passed to from_pretrained; never on by default."""
+    anchor_batch_size: int = 32
+    """Anchors per one-shot forward (results do not depend on it)."""
+    candidate_batch_size: int = 4
+    """Candidates per one-shot forward; rows = candidates x anchors (results do not depend on it)."""
+    zero_shot_batch_size: int = 16
+    """Anchors per zero-shot forward."""
+    threshold: Optional[float] = 0.85
+    """Keep GS > threshold (strict, as the reference's top_sample.py). Set null to use top_k/top_fraction."""
+    top_k: Optional[int] = None
+    """Keep the top_k rows by GS (ties by pool index). Needs threshold: null."""
+    top_fraction: Optional[float] = None
+    """Keep the top int(n * top_fraction) rows by GS. Needs threshold: null."""
+    diversity: bool = False
+    """Run the DEITA greedy diversity filter over the accepted rows, in GS order."""
+    tau: float = 0.9
+    """Cosine-similarity threshold of the diversity filter (reject if > tau to a kept row)."""
+    diversity_embedder: str = "clm_last"
+    """EMBEDDERS name for the diversity filter."""
+    diversity_model: Optional[str] = None
+    """Model ref of the diversity embedder; None uses the scoring model."""
+
+
+def check_config(cfg) -> None:
+    """Raise on option combinations the method cannot honour."""
+    from deita.selection.nuggets.tokens import REFERENCE_ANCHOR_MAX_LENGTH, check_mode
+
+    check_mode(cfg.mode)
+    if cfg.mode == "faithful" and cfg.anchor_max_length != REFERENCE_ANCHOR_MAX_LENGTH:
+        raise ValueError(f"nuggets mode=faithful fixes anchor_max_length={REFERENCE_ANCHOR_MAX_LENGTH}, "
+                         f"got {cfg.anchor_max_length}; use mode=clean to change it")
+    if cfg.mode == "faithful" and cfg.dtype not in ("float32", "fp32"):
+        raise ValueError(f"nuggets mode=faithful scores in float32, got dtype={cfg.dtype!r}; use mode=clean")
+    rules = [n for n in ("threshold", "top_k", "top_fraction") if getattr(cfg, n) is not None]
+    if len(rules) != 1:
+        raise ValueError(f"nuggets: set exactly one of threshold/top_k/top_fraction, got {rules or 'none'}")
+
+
+@SELECTORS.register("nuggets")
+class NuggetsSelector(Selector):
+    """Scores every pool row with the golden score, keeps rows by the rule, then the optional filter."""
+
+    config_class = NuggetsSelectionConfig
+
+    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:
+        import numpy as np
+
+        from deita.selection.filters import greedy_diverse, score_order
+        from deita.selection.nuggets.golden import select_candidates
+        from deita.selection.nuggets.run import golden_table
+
+        cfg = self.cfg
+        check_config(cfg)
+        res = golden_table(rows, cfg, ctx)
+        gs = res["golden_score"]
+        accepted = select_candidates(gs, threshold=cfg.threshold, top_k=cfg.top_k, top_fraction=cfg.top_fraction,
+                                     order=score_order(gs).tolist())
+        report = {"accepted_by_rule": len(accepted), "anchors": len(res["zero"]),
+                  "anchors_never_scored": int(sum(n == 0 for n in res["anchor_scored_tokens"]))}
+        if cfg.diversity and accepted:
+            from deita.selection.embedders import EMBEDDERS
+            from deita.selection.embedders.render import render_rows
+            from deita.selection.scorers.batching import resolve_device
+
+            path = ctx.model_resolver(cfg.diversity_model or cfg.model)
+            emb = EMBEDDERS.get(cfg.diversity_embedder)(path).embed_texts(
+                render_rows([rows[i] for i in accepted], "vicuna_v1.1"))
+            kept = greedy_diverse(emb, np.arange(len(accepted)), tau=cfg.tau, budget=cfg.budget,
+                                  device=resolve_device(cfg.device), progress=ctx.dist.is_main)
+            order = [accepted[j] for j in kept.kept.tolist()]
+            report["rejected_by_tau"] = int(kept.rejected)
+        else:
+            order = accepted if cfg.budget < 0 else accepted[: cfg.budget]
+        is_anchor = [False] * len(rows)
+        for i in res["anchor_index"] or []:
+            is_anchor[i] = True
+        wins = np.rint(gs * len(res["zero"])).astype(int)
+        table = {"golden_score": gs.tolist(), "anchor_wins": wins.tolist(), "is_anchor": is_anchor}
+        return SelectionResult(table=table, order=order, report=report)

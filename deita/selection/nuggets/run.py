@@ -1,0 +1,113 @@
+"""Golden scores of a pool: anchors, token ids, zero-shot once, sharded one-shot pass, content cache.
+
+Called by :class:`deita.selection.methods.nuggets.NuggetsSelector`; kept apart so the method module
+stays import-light. Every rank runs the same code; candidates are sharded with
+:func:`deita.distributed.map_sharded`, so world sizes 1 and 2 give identical scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _scoring_key(cfg) -> dict:
+    return {"mode": cfg.mode, "anchor_max_length": cfg.anchor_max_length, "dtype": cfg.dtype}
+
+
+def load_scoring_model(path: str, cfg):
+    """Tokenizer and model in eval mode on the configured device; faithful mode adds the reference ``[PAD]``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deita.selection.nuggets.tokens import add_reference_pad
+    from deita.selection.scorers.batching import resolve_device, resolve_dtype
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=resolve_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+    )
+    model.to(resolve_device(cfg.device)).eval()
+    if cfg.mode == "faithful":
+        add_reference_pad(model, tok)
+    torch.set_grad_enabled(False)
+    return tok, model
+
+
+def anchor_indices(rows: list[dict], texts: list[tuple[str, str]], cfg, ctx, model_path: str) -> list[int]:
+    """Pool indices of the anchors for ``anchors.method`` kmeans or random."""
+    from deita.distributed import map_sharded
+    from deita.fingerprint import model_identity
+    from deita.selection.nuggets import anchors as A
+
+    a = cfg.anchors
+    if a.method == "random":
+        return A.random_anchor_indices(len(rows), a.k, a.seed)
+    if a.method != "kmeans":
+        raise ValueError(f"anchors.method must be kmeans, random or file, got {a.method!r}")
+    fulls = [full for _, full in texts]
+    emb_path = ctx.model_resolver(a.embedder_model) if a.embedder_model else model_path
+    key = {"data": ctx.data_fingerprint, "embedder": a.embedder, "model": model_identity(emb_path),
+           "max_length": a.embed_max_length, "text": "nuggets_full"}
+
+    def compute():
+        if a.embedder == "reference":
+            fn = lambda part: list(A.reference_embeddings(  # noqa: E731
+                emb_path, part, max_length=a.embed_max_length, batch_size=a.embed_batch_size,
+                progress=ctx.dist.is_main))
+        else:
+            from deita.selection.embedders import EMBEDDERS
+
+            emb = EMBEDDERS.get(a.embedder)(emb_path, max_length=a.embed_max_length)
+            fn = lambda part: list(emb.embed_texts(list(part)))  # noqa: E731
+        return np.stack(map_sharded(fulls, fn, ctx.dist))
+
+    emb = ctx.cache.array("nuggets_anchor_embeddings", key, compute)
+    return A.kmeans_anchor_indices(emb, a.k, a.seed)
+
+
+def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
+    """Score every pool row. Returns ``golden_score [N]``, ``zero [M]``, ``one [N, M]``, the anchor
+    descriptions and, for pool anchors, their pool indices."""
+    from deita.data.loading import load_rows
+    from deita.distributed import map_sharded
+    from deita.fingerprint import hash_json, model_identity
+    from deita.selection.nuggets import scoring
+    from deita.selection.nuggets.golden import golden_scores
+    from deita.selection.nuggets.prompts import row_texts
+    from deita.selection.nuggets.tokens import encode_anchor, encode_demo, zero_shot_prefix
+
+    texts = [row_texts(r, i) for i, r in enumerate(rows)]
+    model_path = ctx.model_resolver(cfg.model)
+    ident = model_identity(model_path)
+    if cfg.anchors.method == "file":
+        if not cfg.anchors.path:
+            raise ValueError("anchors.method=file needs anchors.path (any file the data layer loads)")
+        anchor_rows = load_rows(cfg.anchors.path, kind="sft").rows
+        a_texts, a_idx = [row_texts(r, i) for i, r in enumerate(anchor_rows)], None
+    else:
+        a_idx = anchor_indices(rows, texts, cfg, ctx, model_path)
+        a_texts = [texts[i] for i in a_idx]
+    tok, model = load_scoring_model(model_path, cfg)
+    anchors = [encode_anchor(tok, q, f, cfg.anchor_max_length) for q, f in a_texts]
+    pad = scoring.pad_id_of(tok)
+    key = {"data": ctx.data_fingerprint, "model": ident, **_scoring_key(cfg),
+           "anchors": hash_json([list(a.body) + [a.start, a.end] for a in anchors])}
+    zero = ctx.cache.array("nuggets_zero_shot", key, lambda: scoring.zero_shot_sums(
+        model, anchors, zero_shot_prefix(tok, cfg.mode), batch_size=cfg.zero_shot_batch_size, pad_id=pad))
+
+    def shard(indices: list[int]) -> list[list[float]]:
+        demos = [encode_demo(tok, texts[i][1], cfg.mode) for i in indices]
+        sums = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=cfg.anchor_batch_size,
+                                     candidate_batch_size=cfg.candidate_batch_size, pad_id=pad,
+                                     progress=ctx.dist.is_main)
+        return sums.tolist()
+
+    one = ctx.cache.array("nuggets_one_shot", key,
+                          lambda: np.asarray(map_sharded(list(range(len(rows))), shard, ctx.dist)).reshape(len(rows), len(anchors)))
+    return {"golden_score": golden_scores(zero, one), "zero": zero, "one": one, "anchor_index": a_idx,
+            "anchor_scored_tokens": [a.n_scored for a in anchors]}

@@ -1,0 +1,150 @@
+"""Nuggets golden score: text format, pure math, reference token ids, fast path == oracle == reference loop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deita.selection.nuggets.golden import answer_span, golden_scores, rank_desc, select_candidates, win_matrix
+from deita.selection.nuggets.prompts import nuggets_texts, row_fields
+
+
+def test_prompt_format_is_the_reference_template():
+    q, full = nuggets_texts("  Add.  ", " 2 and 3 ", " 5 \n")
+    assert q == "Instruction:\nAdd.\nInput:\n2 and 3\nResponse:\n"
+    assert full == q + "5"
+    q, full = nuggets_texts("Say hi", "", "hi")
+    assert (q, full) == ("Instruction:\nSay hi\nResponse:\n", "Instruction:\nSay hi\nResponse:\nhi")
+
+
+def test_row_mapping():
+    row = {"id": "a", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Do X\n\nwith Y"},
+                                   {"role": "assistant", "content": "done"}, {"role": "user", "content": "more"}]}
+    assert row_fields(row) == ("Do X\n\nwith Y", "", "done")
+    assert row_fields({**row, "instruction": "Do X", "input": "with Y"}) == ("Do X", "with Y", "done")
+    assert row_fields({"instruction": "i", "input": "", "output": "o"}) == ("i", "", "o")
+    with pytest.raises(ValueError, match="row 3 .*id 'b'.*roles"):
+        row_fields({"id": "b", "messages": [{"role": "user", "content": "q"}]}, 3)
+
+
+def test_golden_math_by_hand():
+    zero = np.array([-10.0, -5.0, 0.0])
+    one = np.array([[-9.0, -5.0, 0.0], [-11.0, -4.0, 1.0], [-10.0, -5.0, 0.0]])
+    assert win_matrix(zero, one).tolist() == [[True, False, False], [False, True, True], [False, False, False]]
+    assert golden_scores(zero, one).tolist() == [1 / 3, 2 / 3, 0.0]  # ties are losses
+    with pytest.raises(ValueError):
+        golden_scores(zero, one[:, :2])
+
+
+def test_answer_span_truncation():
+    assert answer_span(10, 50, 200) == (10, 50)
+    assert answer_span(10, 250, 200) == (10, 200)
+    assert answer_span(200, 250, 200) == (200, 200)  # query fills the window: nothing scored
+    assert answer_span(230, 250, 200) == (230, 230)
+    assert answer_span(10, 250, None) == (10, 250)
+
+
+def test_selection_rules():
+    gs = np.array([0.9, 0.85, 0.86, 0.9, np.nan, 0.1])
+    assert rank_desc(gs) == [0, 3, 2, 1, 5]
+    assert select_candidates(gs, threshold=0.85) == [0, 3, 2]  # strict >
+    assert select_candidates(gs, top_k=2) == [0, 3]
+    assert select_candidates(gs, top_fraction=0.5) == [0, 3, 2]
+    with pytest.raises(ValueError, match="exactly one"):
+        select_candidates(gs, threshold=0.5, top_k=1)
+
+
+# ----------------------------------------------------------------------------------------------- model
+@pytest.fixture(scope="module")
+def llama_like(tiny_llama):
+    """Tiny llama whose tokenizer prepends BOS like LLaMA's, plus the reference [PAD] resize."""
+    import torch
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    return tok, model
+
+
+@pytest.fixture(scope="module")
+def texts(shared_data):
+    data = json.loads((shared_data / "instruct" / "llamafactory_alpaca_en_demo.json").read_text())
+    out = [nuggets_texts(d["instruction"], d["input"], d["output"]) for d in data[:7]]
+    long_query = nuggets_texts("word " * 260, "", "short answer")  # query alone >= 200 tokens
+    return out + [long_query]
+
+
+def test_reference_pad_resize(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deita.selection.nuggets.tokens import add_reference_pad
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    n = model.get_output_embeddings().weight.shape[0]
+    assert add_reference_pad(model, tok) == 1
+    w = model.get_output_embeddings().weight
+    assert w.shape[0] == n + 1 and tok.pad_token == "[PAD]"
+    assert torch.allclose(w[-1], w[:-1].mean(0))
+    assert add_reference_pad(model, tok) == 0
+
+
+def test_token_ids_per_mode(llama_like, texts):
+    from deita.selection.nuggets.tokens import encode_anchor, encode_demo, zero_shot_prefix
+
+    tok, _ = llama_like
+    bos = tok.bos_token_id
+    q, full = texts[0]
+    assert encode_demo(tok, full, "faithful")[0] == bos  # tok(demo) with special tokens
+    assert encode_demo(tok, full, "faithful") == encode_demo(tok, full, "clean")
+    assert zero_shot_prefix(tok, "faithful") == [] and zero_shot_prefix(tok, "clean") == [bos]
+    a = encode_anchor(tok, q, full, 200)
+    ids = tok(full, add_special_tokens=False)["input_ids"]
+    assert list(a.body) == ids[:200] and bos not in a.body
+    assert a.start == len(tok(q, add_special_tokens=False)["input_ids"]) and a.end == min(len(ids), 200)
+    long = encode_anchor(tok, *texts[-1], 200)
+    assert len(long.body) == 200 and long.n_scored == 0
+    assert encode_anchor(tok, *texts[-1], None).n_scored > 0
+
+
+@pytest.mark.parametrize("mode,max_len", [("faithful", 200), ("clean", 48)])
+def test_fast_equals_oracle_and_reference_loop(llama_like, texts, mode, max_len):
+    from deita.selection.nuggets import oracle, scoring
+    from deita.selection.nuggets.tokens import add_reference_pad, encode_anchor, encode_demo, zero_shot_prefix
+
+    tok, model = llama_like
+    if mode == "faithful":
+        add_reference_pad(model, tok)
+    anchors = [encode_anchor(tok, q, f, max_len) for q, f in [texts[i] for i in (0, 2, 5, 7)]]
+    demos = [encode_demo(tok, f, mode) for _, f in texts[:6]]
+    zp = zero_shot_prefix(tok, mode)
+    zero_o = oracle.oracle_sums(model, [zp], anchors)[0]
+    one_o = oracle.oracle_sums(model, demos, anchors)
+    zero_f = scoring.zero_shot_sums(model, anchors, zp, batch_size=3)
+    one_f = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=3, candidate_batch_size=4)
+    zero_r, one_r = oracle.reference_loop_sums(model, demos, anchors, zp, pad_to=max_len)
+    assert np.abs(zero_f - zero_o).max() < 1e-4 and np.abs(one_f - one_o).max() < 1e-4
+    assert np.abs(zero_r - zero_o).max() < 1e-4 and np.abs(one_r - one_o).max() < 1e-4
+    gs = golden_scores(zero_o, one_o)
+    assert np.array_equal(golden_scores(zero_f, one_f), gs)
+    assert np.array_equal(golden_scores(zero_r, one_r), gs)
+    if mode == "faithful":
+        assert zero_o[3] == 0.0 and (one_o[:, 3] == 0.0).all()  # long query: never a win
+    assert 0.0 < gs.mean() < 1.0  # the test is not vacuous
+
+
+def test_batch_sizes_do_not_change_sums(llama_like, texts):
+    from deita.selection.nuggets import scoring
+    from deita.selection.nuggets.tokens import encode_anchor, encode_demo
+
+    tok, model = llama_like
+    anchors = [encode_anchor(tok, q, f, 64) for q, f in texts[:5]]
+    demos = [encode_demo(tok, f, "clean") for _, f in texts[:5]]
+    a = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=1, candidate_batch_size=1)
+    b = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=5, candidate_batch_size=5)
+    assert np.abs(a - b).max() < 1e-4
