@@ -1,0 +1,88 @@
+"""Scoring and embedding sharded over 2 real processes (gloo) equal the 1-process result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from deita.distributed import init_distributed
+    from deita.selection.scorers.pool import score_pool
+    from deita.selection.embedders.pool import embed_pool
+
+    rows_path, model, out_dir = sys.argv[1:4]
+    # accelerate's PartialState ignores ACCELERATE_USE_CPU unless cpu=True is passed (then it is a
+    # 1-process "NO" state); join the gloo group explicitly before deita's helper reads the state.
+    import torch
+    from accelerate import PartialState
+    PartialState(cpu=not torch.cuda.is_available())
+    info = init_distributed()
+    assert info.world_size == 2, f"expected 2 processes, got world size {info.world_size}"
+    rows = json.load(open(rows_path))
+    cols = {}
+    for kind in ("complexity", "quality"):
+        cols.update(score_pool(rows, kind, model, dist_info=info, max_length=128, max_tokens_per_batch=600))
+    emb = embed_pool(rows, "clm_last", model, dist_info=info, max_length=128, batch_size=4)
+    if info.rank == 0:
+        json.dump({"cols": cols, "world_size": info.world_size}, open(out_dir + "/scores.json", "w"))
+        np.save(out_dir + "/emb.npy", emb)
+    """
+)
+
+
+def _rows(n=30):
+    rows = []
+    for i in range(n):
+        q = "explain the data " * (1 + i % 7) + f"number {i}"
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": "the answer is " * (1 + i % 5)}]
+        if i % 6 == 0:
+            msgs.append({"role": "user", "content": "and a follow up question"})
+        rows.append({"id": f"r{i}", "messages": msgs})
+    return rows
+
+
+@pytest.mark.slow
+def test_two_process_scores_and_embeddings_equal_one_process(tmp_path, tiny_llama):
+    accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    if not os.path.exists(accelerate):
+        pytest.skip("accelerate CLI not found")
+    from deita.distributed import DistInfo
+    from deita.selection.embedders.pool import embed_pool
+    from deita.selection.scorers.pool import score_pool
+
+    rows = _rows()
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "run.py").write_text(SCRIPT)
+    with socket.socket() as sock:  # a free port: parallel sessions may hold the default 29500
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(tmp_path / "run.py"),
+           str(tmp_path / "rows.json"), str(tiny_llama), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads((tmp_path / "scores.json").read_text())
+    assert got["world_size"] == 2
+    one = DistInfo()
+    for kind in ("complexity", "quality"):
+        ref = score_pool(rows, kind, str(tiny_llama), dist_info=one, max_length=128, max_tokens_per_batch=600)
+        assert got["cols"][f"{kind}_truncated"] == ref[f"{kind}_truncated"]
+        assert [len(t) for t in got["cols"][f"{kind}_turns"]] == [len(t) for t in ref[f"{kind}_turns"]]
+        flat_got = np.concatenate([np.asarray(t) for t in got["cols"][f"{kind}_turns"]])
+        flat_ref = np.concatenate([np.asarray(t) for t in ref[f"{kind}_turns"]])
+        assert np.abs(flat_got - flat_ref).max() < 1e-5
+    emb = np.load(tmp_path / "emb.npy")
+    ref_emb = embed_pool(rows, "clm_last", str(tiny_llama), dist_info=one, max_length=128, batch_size=4)
+    assert emb.shape == ref_emb.shape == (30, 64) and np.abs(emb - ref_emb).max() < 1e-5
