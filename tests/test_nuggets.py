@@ -57,6 +57,17 @@ def test_selection_rules():
 
 
 # ----------------------------------------------------------------------------------------------- model
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny forwards are dominated by thread overhead on a loaded 2-core machine (measured 20x)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="module")
 def llama_like(tiny_llama):
     """Tiny llama whose tokenizer prepends BOS like LLaMA's, plus the reference [PAD] resize."""

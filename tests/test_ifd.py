@@ -1,0 +1,96 @@
+"""IFD / Superfiltering: math by hand, reference token spans, batched == unbatched, method end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deita.selection import perplexity as P
+
+
+def test_ifd_math_by_hand():
+    lp = [math.log(0.5), math.log(0.25)]
+    assert P.mean_nll(lp) == pytest.approx((math.log(2) + math.log(4)) / 2)
+    assert math.isnan(P.mean_nll([]))
+    assert P.ifd_score(1.0, 2.0, "ppl") == pytest.approx(math.exp(-1.0))
+    assert P.ifd_score(1.0, 2.0, "loss") == pytest.approx(0.5)
+    assert math.isnan(P.ifd_score(math.nan, 2.0))
+
+
+def test_select_by_ifd_rules():
+    s = [0.5, 1.0, 0.9, np.nan, 1.2, 0.9]
+    assert P.select_by_ifd(s, strict=True, rate=None, rate_base="pool", budget=-1) == [2, 5, 0]
+    assert P.select_by_ifd(s, strict=False, rate=None, rate_base="kept", budget=2) == [1, 2]
+    assert P.select_by_ifd(s, strict=True, rate=0.5, rate_base="pool", budget=-1) == [2, 5, 0]
+    assert P.select_by_ifd(s, strict=False, rate=0.5, rate_base="kept", budget=-1) == [1, 2]
+
+
+def test_prompts():
+    assert P.render_prompt("Do", "x", "none") == "Do\nx\n"
+    assert P.render_prompt("Do", "", "none") == "Do\n"
+    assert P.render_prompt("Do", "", "alpaca").endswith("### Instruction:\nDo\n\n### Response:")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield AutoTokenizer.from_pretrained(tiny_llama), AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    torch.set_num_threads(prev)
+
+
+def test_token_spans(tiny):
+    tok, _ = tiny
+    (c, cs), (d, ds) = P.ifd_sequences(tok, "Write a poem", "", "The sun is good", prompt="none",
+                                       max_length=1024, direct="superfilter")
+    assert c == tok.encode("Write a poem\nThe sun is good") and cs == len(tok.encode("Write a poem\n"))
+    assert d == tok.encode("The sun is good") and ds == 1
+    (c, cs), (d, ds) = P.ifd_sequences(tok, "Write a poem", "", "The sun is good", prompt="alpaca",
+                                       max_length=512, direct="cherry")
+    assert d == tok.encode("### Response:The sun is good") and ds == len(tok.encode("### Response:"))
+    _, (d, _) = P.ifd_sequences(tok, "Write " * 600, "", "x y", prompt="alpaca", max_length=512, direct="cherry")
+    assert d == []  # no room left: Cherry skips the row
+
+
+def test_batched_equals_unbatched_and_hand_logprobs(tiny):
+    import torch
+
+    tok, model = tiny
+    texts = ["Write a poem\nThe sun is good and the day is long", "List\nOne two", "Explain the data value please\n1 2 3"]
+    seqs = [(tok.encode(t), 3) for t in texts]
+    batched = P.token_logprobs(model, seqs, batch_size=3)
+    single = P.token_logprobs(model, seqs, batch_size=1)
+    for a, b, (ids, s) in zip(batched, single, seqs):
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        hand = [float(ref[j - 1, ids[j]]) for j in range(s, len(ids))]
+        assert np.abs(a - b).max() < 1e-5 and np.abs(a - np.array(hand)).max() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["ifd", "superfilter"])
+def test_method_end_to_end(method, tiny_llama, tmp_path):
+    from deita.cache import ContentCache
+    from deita.distributed import DistInfo
+    from deita.selection.base import SELECTORS, SelectionContext
+    from deita.selection.methods import load_all
+
+    load_all()
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"Write {w} list"},
+                                        {"role": "assistant", "content": f"The {w} list is one two {i}"}]}
+            for i, w in enumerate(["data", "code", "story", "poem", "email", "sort"])]
+    cls = SELECTORS.get(method)
+    cfg = cls.config_class(model="tiny", sample_rate=0.5, batch_size=4, budget=-1)
+    ctx = SelectionContext(cache=ContentCache(tmp_path), dist=DistInfo(), data_fingerprint="fp",
+                           model_resolver=lambda ref: str(tiny_llama))
+    res = cls(cfg).select(rows, ctx)
+    ifd = np.array(res.table["ifd"])
+    assert len(ifd) == 6 and not np.isnan(ifd).any()
+    assert all(ifd[res.order[k]] >= ifd[res.order[k + 1]] for k in range(len(res.order) - 1))
+    assert all(ifd[i] <= 1 for i in res.order) and len(res.order) <= 3
+    again = cls(cfg).select(rows, ctx)
+    assert again.table["ifd"] == res.table["ifd"] and ctx.cache.stats["hits"]
