@@ -38,10 +38,17 @@ def init_distributed() -> DistInfo:
     """Join the process group when launched with several processes (gloo on CPU, nccl on GPU)."""
     info = env_dist()
     if info.world_size > 1:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # Without cpu=True, accelerate sees no CUDA backend and silently reports a world of one.
+        state = PartialState(cpu=not torch.cuda.is_available())
         info = DistInfo(state.process_index, state.num_processes, state.local_process_index)
+        if info.world_size != int(os.environ["WORLD_SIZE"]):
+            raise RuntimeError(
+                f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but the process group has "
+                f"{info.world_size} process(es); on CPU launch with ACCELERATE_USE_CPU=1 and --multi_gpu"
+            )
     return info
 
 

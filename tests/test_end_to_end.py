@@ -1,0 +1,80 @@
+"""The real thing, as users run it: train.py in subprocesses, single process, 2 CPU processes, multirun."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from tests.helpers import run_train, shared_paths
+
+SMALL = ["selection.budget=32", "sft.max_length=128", "dpo.max_length=128"]
+
+
+def _manifest(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+def _small_preference(shared_data: Path) -> str:
+    return f"data.preference=[{{path: {shared_data}/preference/llamafactory_dpo_en_demo.json, limit: 16}}]"
+
+
+def test_tiny_recipe_end_to_end_then_skips(tmp_path, shared_data):
+    args = ["recipe=tiny", *shared_paths(tmp_path, shared_data), *SMALL, _small_preference(shared_data)]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+
+    select = run_dir / "select"
+    table = pd.read_parquet(select / "scores.parquet")
+    assert len(table) == 300 and table["selected"].sum() == 32
+    assert sorted(table.loc[table["selected"], "rank"]) == list(range(32))
+    selected = [json.loads(line) for line in (select / "selected.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in selected] == list(table.sort_values("rank").query("selected")["id"])
+    assert (select / "report.md").read_text().startswith("# Selection report: random")
+
+    for stage in ("sft", "dpo"):
+        manifest = _manifest(run_dir, stage)
+        assert manifest["status"] == "complete" and manifest["world_size"] == 1
+        assert manifest["metrics"]["global_steps"] > 0
+        assert (run_dir / stage / "model" / "config.json").is_file()
+        assert not (run_dir / stage / "checkpoints").exists()
+    card = (run_dir / "sft" / "model" / "README.md").read_text()
+    assert _manifest(run_dir, "select")["fingerprint"] in card  # the card says where the data came from
+    assert _manifest(run_dir, "dpo")["inputs"]["upstream"]["sft"] == _manifest(run_dir, "sft")["fingerprint"]
+
+    wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 3  # select, sft, dpo
+    assert all(list(r.glob("run-*.wandb")) for r in wandb_runs)
+
+    again = run_train(args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    log = again.stdout + again.stderr
+    assert all(f"stage {s}: unchanged" in log for s in ("select", "sft", "dpo"))
+
+
+def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531"]
+    args = ["recipe=tiny", "logger=none", *shared_paths(tmp_path, shared_data), *SMALL, _small_preference(shared_data)]
+    result = run_train(args, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+    for stage in ("select", "sft", "dpo"):
+        assert _manifest(run_dir, stage)["world_size"] == 2
+    assert _manifest(run_dir, "sft")["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert _manifest(run_dir, "dpo")["distributed_type"] == "DistributedType.MULTI_CPU"
+
+
+def test_multirun_writes_one_deterministic_dir_per_job(tmp_path, shared_data):
+    args = ["-m", "recipe=tiny", "logger=none", "stages=[select]", "selection.budget=50,100",
+            *shared_paths(tmp_path, shared_data)]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    sweep = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["selection.budget=100", "selection.budget=50"]
+    for budget in (50, 100):
+        assert _manifest(sweep / f"selection.budget={budget}", "select")["selected_rows"] == budget
+    assert "| selection.budget=50 |" in (sweep / "sweep_summary.md").read_text()

@@ -1,0 +1,116 @@
+"""The stage runner: skip when unchanged, re-run (and everything downstream) when an input changes,
+atomic finalize (a crash leaves no finished-looking artifact), manifests that record what they should."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deita import pipeline
+from tests.helpers import compose_config
+
+
+@pytest.fixture
+def fake_stages(monkeypatch, tmp_path):
+    """Replace the real stages with cheap ones that log their calls and write a file."""
+    calls: list[str] = []
+    crash = {"stage": None}
+
+    def make(name):
+        def run(cfg, ctx):
+            calls.append(name)
+            if crash["stage"] == name:
+                (ctx.work_dir / "half.txt").write_text("half")
+                raise RuntimeError(f"{name} crashed")
+            upstream = {k: (v / "out.txt").read_text() for k, v in ctx.upstream.items()}
+            (ctx.work_dir / "out.txt").write_text(json.dumps({"name": name, "upstream": upstream}))
+            return {"rows": 3}
+        return run
+
+    stages = {
+        "select": pipeline.Stage("select", (), ("selection",), lambda c: list(c.data.pool), make("select")),
+        "sft": pipeline.Stage("sft", ("select",), ("sft",), lambda c: [], make("sft")),
+        "dpo": pipeline.Stage("dpo", ("sft",), ("dpo",), lambda c: [], make("dpo")),
+    }
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    return calls, crash
+
+
+def _cfg(tmp_path, pool_file, *extra):
+    return compose_config(["recipe=tiny", f"paths.cache_dir={tmp_path / 'cache'}",
+                           f"data.pool=[{{path: {pool_file}}}]", *extra])
+
+
+def test_skip_rerun_and_downstream(fake_stages, tmp_path):
+    calls, _ = fake_stages
+    pool = tmp_path / "pool.json"
+    pool.write_text('[{"instruction": "a", "output": "b"}]')
+    run_dir = tmp_path / "run"
+    cfg = _cfg(tmp_path, pool)
+
+    first = pipeline.run_pipeline(cfg, run_dir)
+    assert calls == ["select", "sft", "dpo"]
+    assert {m["status"] for m in first.values()} == {"complete"}
+
+    calls.clear()
+    second = pipeline.run_pipeline(cfg, run_dir)
+    assert calls == []  # nothing changed: every stage skipped
+    assert {k: m["fingerprint"] for k, m in second.items()} == {k: m["fingerprint"] for k, m in first.items()}
+
+    calls.clear()
+    pool.write_text('[{"instruction": "a", "output": "changed"}]')  # an input changes
+    third = pipeline.run_pipeline(cfg, run_dir)
+    assert calls == ["select", "sft", "dpo"]  # it and everything downstream re-run
+    assert third["select"]["fingerprint"] != first["select"]["fingerprint"]
+    assert third["dpo"]["inputs"]["upstream"]["sft"] == third["sft"]["fingerprint"]
+
+    calls.clear()
+    cfg_dpo = _cfg(tmp_path, pool, "dpo.beta=0.2")  # only a downstream config changes
+    pipeline.run_pipeline(cfg_dpo, run_dir)
+    assert calls == ["dpo"]
+
+
+def test_manifest_records_config_inputs_versions_timing(fake_stages, tmp_path):
+    pool = tmp_path / "pool.json"
+    pool.write_text("[]")
+    manifests = pipeline.run_pipeline(_cfg(tmp_path, pool), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "select" / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifests["select"], default=str))
+    assert on_disk["inputs"]["data"][0]["file"] == "pool.json" and len(on_disk["inputs"]["data"][0]["sha256"]) == 16
+    assert on_disk["config"]["selection"]["method"] == "random"
+    assert {"torch", "transformers", "trl", "python"} <= set(on_disk["versions"])
+    assert on_disk["world_size"] == 1 and on_disk["wall_seconds"] >= 0 and on_disk["rows"] == 3
+
+
+def test_crash_leaves_no_finished_artifact_and_keeps_the_old_one(fake_stages, tmp_path):
+    calls, crash = fake_stages
+    pool = tmp_path / "pool.json"
+    pool.write_text("[1]")
+    run_dir = tmp_path / "run"
+    pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    old_sft = (run_dir / "sft" / "out.txt").read_text()
+
+    crash["stage"] = "sft"
+    pool.write_text("[2]")
+    with pytest.raises(RuntimeError, match="sft crashed"):
+        pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    assert (run_dir / "sft" / "out.txt").read_text() == old_sft  # the finished artifact is untouched
+    assert not (run_dir / "sft" / "half.txt").exists()
+    partial = list(run_dir.glob(".sft.partial-*"))
+    assert len(partial) == 1 and (partial[0] / "half.txt").exists()  # kept for resume, not finished-looking
+    assert not (partial[0] / pipeline.MANIFEST).exists()
+
+    crash["stage"] = None
+    calls.clear()
+    pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    assert calls == ["sft", "dpo"]  # select finished before the crash and is reused
+    assert not list(run_dir.glob(".sft.partial-*"))
+
+
+def test_stage_without_its_upstream_is_an_error(fake_stages, tmp_path):
+    pool = tmp_path / "pool.json"
+    pool.write_text("[]")
+    with pytest.raises(RuntimeError, match="stage 'sft' needs the output of stage 'select'"):
+        pipeline.run_pipeline(_cfg(tmp_path, pool, "stages=[sft]"), tmp_path / "run")
