@@ -150,6 +150,14 @@ def test_apply_template_tokenizer_errors(tiny_llama):
     with pytest.raises(ValueError, match="assistant_only_loss needs"):
         apply_template(tok, "tokenizer")
     assert apply_template(tok, "tokenizer", assistant_only_loss=False) == tok.chat_template
+    # A known template without markers (Qwen2.5) is accepted: TRL swaps in its training variant itself.
+    from pathlib import Path
+
+    import trl
+
+    qwen = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
+    tok.chat_template = qwen
+    assert not has_generation_markers(qwen) and apply_template(tok, "tokenizer") == qwen
     tok.chat_template = None
     with pytest.raises(ValueError, match="has no chat template"):
         apply_template(tok, "tokenizer", assistant_only_loss=False)
