@@ -287,3 +287,12 @@ def test_cuda_matches_oracle():
     want = greedy_diverse_naive(emb, order, TAU)
     for b in BLOCKS:
         np.testing.assert_array_equal(greedy_diverse(emb, order, TAU, block_size=b, device="cuda").kept, want)
+
+
+def test_lazy_rows_equal_l2_normalize_bitwise():
+    x = np.random.default_rng(9).normal(size=(50, 33)) * 7
+    full = l2_normalize(x)
+    lazy = filters._LazyRows(filters._as_f32_matrix(x))
+    idx = np.array([3, 0, 49, 17])
+    assert np.array_equal(lazy.take(idx), full[idx])
+    assert all(np.array_equal(lazy[i], full[i]) for i in range(50))

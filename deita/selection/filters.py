@@ -14,7 +14,10 @@ of a larger one.
 Numerics, and why the oracle and the fast path agree by construction. Embeddings are L2-normalised to
 float32 (:func:`l2_normalize`), as the reference does before comparing in float32. The *defined*
 similarity of two samples is the exact dot product of their normalised float32 vectors, rounded once to
-float32 and clamped to [-1, 1]; a candidate is rejected iff that value is ``> float32(tau)``. Both
+float32 and clamped to [-1, 1]; a candidate is rejected iff that value is ``> float32(tau)``. Because of
+the clamp, ``tau >= 1`` rejects nothing, not even exact duplicates (the reference, unclamped, rejects an
+exact duplicate at tau 1.0 only when its float32 self-similarity happens to round above 1); any tau < 1
+removes exact duplicates. Both
 :func:`greedy_diverse_naive` (float64 dot products, one candidate at a time) and :func:`greedy_diverse`
 (float32 blocked matmuls) first compute an approximate similarity with a rigorous error bound
 (``|error| <= 2 * D * unit_roundoff``, which holds for any summation order, including BLAS blocking and
@@ -59,22 +62,19 @@ def score_order(scores: Any) -> np.ndarray:
     return valid[np.argsort(-s[valid], kind="stable")].astype(np.int64)
 
 
-def l2_normalize(emb: Any) -> np.ndarray:
-    """Row-wise L2-normalised copy of an (N, D) embedding matrix, as C-contiguous float32.
-
-    Norms are accumulated in float64 from the float32 values; each row is multiplied by the float32
-    reciprocal of its norm (rows end within ~1e-7 of unit norm). The reference divides by the float32 norm
-    twice; the normalised values differ by ~1e-7 relative, which can only matter for similarities within
-    ~1e-6 of tau.
-    Raises ``ValueError`` naming the row for a zero vector or a non-finite value.
-    """
+def _as_f32_matrix(emb: Any) -> np.ndarray:
+    """An (N, D) float32 numpy view/copy of a numpy array or torch tensor."""
     if hasattr(emb, "detach"):  # torch tensor
         emb = emb.detach().cpu().numpy()
     x = np.asarray(emb)
     if x.ndim != 2:
-        raise ValueError(f"l2_normalize: expected an (N, D) matrix, found shape {x.shape}")
-    x = x.astype(np.float32, copy=False)
-    out = np.empty(x.shape, dtype=np.float32)
+        raise ValueError(f"embeddings: expected an (N, D) matrix, found shape {x.shape}")
+    return x.astype(np.float32, copy=False)
+
+
+def _inv_norms(x: np.ndarray) -> np.ndarray:
+    """float32 reciprocal L2 norms (accumulated in float64) of the rows of float32 ``x``; validates rows."""
+    inv = np.empty(x.shape[0], dtype=np.float32)
     step = 4096
     for lo in range(0, x.shape[0], step):
         chunk = x[lo : lo + step]
@@ -89,7 +89,39 @@ def l2_normalize(emb: Any) -> np.ndarray:
                 f"l2_normalize: embedding row {int(rows[0])} is a zero vector (norm 0), so its cosine "
                 f"similarity is undefined ({int(zero.sum())} zero row(s) in rows {lo}..{lo + len(chunk) - 1})"
             )
-        np.multiply(chunk, (1.0 / norms).astype(np.float32)[:, None], out=out[lo : lo + step])
+        inv[lo : lo + step] = 1.0 / norms
+    return inv
+
+
+class _LazyRows:
+    """Normalised rows on demand: ``rows[i]`` / ``rows.take(idx)`` equal ``l2_normalize(x)[i]`` bit for bit."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self.inv = _inv_norms(x)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.x[i] * self.inv[i]
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Normalised rows ``idx`` as a C-contiguous float32 matrix."""
+        return self.x[idx] * self.inv[idx][:, None]
+
+
+def l2_normalize(emb: Any) -> np.ndarray:
+    """Row-wise L2-normalised copy of an (N, D) embedding matrix (numpy or torch), as float32.
+
+    Norms are accumulated in float64 from the float32 values; each row is multiplied by the float32
+    reciprocal of its norm (rows end within ~1e-7 of unit norm). The reference divides by the float32 norm
+    twice; the normalised values differ by ~1e-7 relative, which can only matter for similarities within
+    ~1e-6 of tau.
+    Raises ``ValueError`` naming the row for a zero vector or a non-finite value.
+    """
+    x = _as_f32_matrix(emb)
+    inv = _inv_norms(x)
+    out = np.empty(x.shape, dtype=np.float32)
+    for lo in range(0, x.shape[0], 4096):
+        np.multiply(x[lo : lo + 4096], inv[lo : lo + 4096, None], out=out[lo : lo + 4096])
     return out
 
 
@@ -220,7 +252,7 @@ def greedy_diverse(
 
     Algorithm: the normalised kept embeddings live in a preallocated float32 matrix on ``device``. For each
     block of B candidates, one matmul gives their similarities to the kept set (max per row) and one gives
-    the B x B intra-block similarities; the block is then resolved in order: candidate j is kept iff its max
+    the intra-block similarities among the candidates that survive the kept set; the block is then resolved in order: candidate j is kept iff its max
     similarity to the kept set is ``<= tau`` AND its max similarity to the earlier *kept* members of the
     same block is ``<= tau``; the scan stops when ``budget`` are kept. Borderline similarities are settled
     by the same exact rule as the oracle, so the selection is identical for every block size and device.
@@ -231,12 +263,12 @@ def greedy_diverse(
     """
     import torch
 
-    embn = l2_normalize(emb)
-    o = _check_inputs(embn, order, budget)
+    embn = _LazyRows(_as_f32_matrix(emb))  # validates every row now, normalises scanned rows only
+    o = _check_inputs(embn.x, order, budget)
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size: expected an integer >= 1, found {block_size!r}")
     tau32 = _tau32(tau)
-    dim = embn.shape[1]
+    dim = embn.x.shape[1]
     band = _band(dim, _U32)
     dev = torch.device(device)
     cap = o.size if budget < 0 else min(int(budget), o.size)
@@ -256,12 +288,17 @@ def greedy_diverse(
             if k >= cap:
                 break
             blk = o[start : start + block_size]
-            c = torch.from_numpy(embn[blk]).to(dev)
+            c = torch.from_numpy(embn.take(blk)).to(dev)
             smax = np.full(blk.size, -np.inf, dtype=np.float32)
             for lo in range(0, k, col_chunk):
                 m = (c @ kept_mat[lo : min(k, lo + col_chunk)].T).amax(dim=1)
                 smax = np.maximum(smax, m.cpu().numpy())
-            gram = (c @ c.T).cpu().numpy()
+            # intra-block sims only among candidates not already rejected by the kept set
+            surv = np.flatnonzero(smax <= tau32 + band)
+            slot = np.full(blk.size, -1, dtype=np.int64)
+            slot[surv] = np.arange(surv.size)
+            cs = c.index_select(0, torch.from_numpy(surv).to(dev)) if surv.size < blk.size else c
+            gram = (cs @ cs.T).cpu().numpy()
             n_local = 0
             for j in range(blk.size):
                 scanned += 1
@@ -270,15 +307,16 @@ def greedy_diverse(
                 if not reject and m > tau32 - band:  # borderline against the kept set: one exact look
                     row = (c[j : j + 1] @ kept_mat[:k].T)[0].cpu().numpy()
                     reject = _rejects(row, int(blk[j]), kept_idx[:k], embn, tau32, band)
-                g = gram[j, local[:n_local]]
-                if not reject and n_local:
+                if not reject and n_local:  # against the earlier kept members of this block
+                    g = gram[slot[j], slot[local[:n_local]]]
                     reject = _rejects(g, int(blk[j]), blk[local[:n_local]], embn, tau32, band)
+                    m = max(m, float(g.max()))
                 if reject:
                     rejected += 1
                     continue
                 pos = k + n_local
                 kept_idx[pos] = blk[j]
-                nearest = max(m, float(g.max()) if n_local else -np.inf)
+                nearest = m
                 nn_sim[pos] = min(nearest, 1.0) if pos else np.nan
                 local[n_local] = j
                 n_local += 1
