@@ -4,8 +4,8 @@
     batch_size 1 and chunk_size 100000: per step, a fancy-index copy of every kept embedding from the
     float64 matrix, conversion to a torch float32 tensor, L2-normalisation of both sides twice
     (normalize_emb and then cosine), one (1 x K) matmul, ``> tau``, the intra-batch (1 x 1) check.
-(b) ours: :func:`deita.selection.filters.greedy_diverse` (blocked, exact) from the float32 embeddings,
-    including its L2-normalisation of the pool.
+(b) ours: :func:`deita.selection.filters.greedy_diverse` (blocked, exact) from the raw float32 embeddings,
+    including its norm check of every pool row and the L2-normalisation of the scanned rows.
 (c) floor: one float32 matmul of the normalised scanned candidates (N_scanned x D) against the final kept
     set (D x K) with a row max: the similarity arithmetic of the greedy with no sequential dependence
     (the greedy itself needs about half of it, each candidate against the set kept so far).
@@ -247,7 +247,7 @@ def main(argv=None):
         "- reference: faithful re-implementation of `IterativeFilter.filter` (batch_size 1, chunk_size 100000): "
         "per step a fancy-index copy of all kept rows from the float64 pool, torch float32 conversion, double "
         "L2-normalisation, (1 x K) matmul, strict `> tau`.",
-        "- ours: `deita.selection.filters.greedy_diverse(block_size=%d)`, exact, including pool normalisation."
+        "- ours: `deita.selection.filters.greedy_diverse(block_size=%d)`, exact; timed from the raw float32 pool, so it includes validating every row's norm and normalising the scanned rows."
         % a.block_size,
         "- floor: one fp32 matmul of the normalised *scanned* candidates (N_scanned x D) against the final kept "
         "set (D x K) with a row max; not a strict bound (the greedy needs about half these dot products, "
