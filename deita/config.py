@@ -212,6 +212,28 @@ class LaunchConfig:
 
 
 @dataclass
+class SelectionModels:
+    """Named model references that the selection methods' configs point at (``${selection_models.X}``).
+
+    A recipe swaps every selection model at once here (``recipe=tiny`` points them all at the tiny model),
+    so ``selection=deita`` works the same under any recipe.
+    """
+
+    deita_complexity: str = "hkust-nlp/deita-complexity-scorer"
+    """DEITA complexity scorer (LLaMA-1-7B fine-tuned to emit 1-6)."""
+    deita_quality: str = "hkust-nlp/deita-quality-scorer"
+    """DEITA quality scorer."""
+    embedder: str = "mistralai/Mistral-7B-v0.1"
+    """Model whose last-token hidden state embeds conversations for the diversity filter."""
+    nuggets: str = "huggyllama/llama-7b"
+    """Nuggets scoring model (LLaMA-1-7B in the paper)."""
+    ifd: str = "huggyllama/llama-7b"
+    """IFD (Cherry LLM) perplexity model."""
+    superfilter: str = "gpt2"
+    """Superfiltering's small perplexity model (GPT-2 124M)."""
+
+
+@dataclass
 class RootConfig:
     """The whole experiment. Recipes (``recipes/NAME.yaml``) override any of it."""
 
@@ -219,6 +241,8 @@ class RootConfig:
     data: DataConfig = field(default_factory=DataConfig)
     selection: Any = MISSING
     """The selection method's node (group ``selection``); its schema belongs to the method."""
+    selection_models: SelectionModels = field(default_factory=SelectionModels)
+    """Model references used by the selection methods' configs."""
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)

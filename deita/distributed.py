@@ -41,8 +41,14 @@ def init_distributed() -> DistInfo:
         import torch
         from accelerate import PartialState
 
-        # Without cpu=True, accelerate sees no CUDA backend and silently reports a world of one.
-        state = PartialState(cpu=not torch.cuda.is_available())
+        # On CPU accelerate finds no backend and silently reports a world of one: ask for gloo. Under
+        # DeepSpeed keep the DeepSpeed path (cpu=True would silently drop it) with a gloo backend.
+        if torch.cuda.is_available():
+            state = PartialState()
+        elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            state = PartialState(backend="gloo")
+        else:
+            state = PartialState(cpu=True)
         info = DistInfo(state.process_index, state.num_processes, state.local_process_index)
         if info.world_size != int(os.environ["WORLD_SIZE"]):
             raise RuntimeError(

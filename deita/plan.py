@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_EPOCHS = 3  # transformers' TrainingArguments default
+KNOWN_PARAMS_B = {
+    "hkust-nlp/deita-complexity-scorer": 6.74,  # LLaMA-1-7B
+    "hkust-nlp/deita-quality-scorer": 6.74,
+    "gpt2": 0.124,
+}
 
 
 @dataclass
@@ -34,6 +39,8 @@ def params_billions(ref: str, explicit: float | None = None) -> float:
     """Parameter count of a model reference: explicit, else parsed from the name (``7b``, ``13B``, ``135m``)."""
     if explicit:
         return float(explicit)
+    if str(ref) in KNOWN_PARAMS_B:
+        return KNOWN_PARAMS_B[str(ref)]
     ref = str(ref).lower()
     if ref.startswith("tiny:"):
         return 0.0002

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,13 @@ def trainer_arguments(node: DictConfig, out_dir: Path, *, world_size: int, seed:
         for key in ("bf16", "fp16", "gradient_checkpointing"):
             if kwargs.get(key):
                 log.warning("no CUDA device: turning %s off", key)
-        kwargs.update(bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True)
-        if world_size > 1:
-            kwargs.setdefault("ddp_backend", "gloo")
+        kwargs.update(bf16=False, fp16=False, gradient_checkpointing=False)
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            kwargs.setdefault("ddp_backend", "gloo")  # DeepSpeed on CPU; use_cpu would silently drop DeepSpeed
+        else:
+            kwargs["use_cpu"] = True
+            if world_size > 1:
+                kwargs.setdefault("ddp_backend", "gloo")
     return kwargs
 
 
