@@ -1,5 +1,5 @@
 # deita: two commands do everything on a fresh machine.
-#   make demo   the full pipeline (select → sft → dpo) on the offline data and a packaged model
+#   make demo   the full pipeline (select → sft → dpo) on the offline data (recipe=tiny)
 #   make test   the default test suite (under 5 minutes on 2 cores)
 # Both install what they need first (make setup, once).
 
@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-slow test-all demo demo-tiny plan clean
+.PHONY: setup test test-slow test-all demo plan clean
 
 setup: $(STAMP)
 
@@ -37,9 +37,6 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 1800
 
 demo: $(STAMP)
-	$(PY) train.py recipe=demo
-
-demo-tiny: $(STAMP)
 	$(PY) train.py recipe=tiny
 
 plan: $(STAMP)
