@@ -1,0 +1,65 @@
+"""Golden scores and IFD are identical for world size 1 and 2 (a real 2-process accelerate launch on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    torch.set_num_threads(1)
+    from deita.cache import ContentCache
+    from deita.distributed import init_distributed
+    from deita.selection.base import SELECTORS, SelectionContext
+    from deita.selection.methods import load_all
+
+    model_dir, out, cache_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+    dist = init_distributed()
+    load_all()
+    words = ["data", "code", "story", "poem", "email", "sort", "number", "text", "answer"]
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"Write a {w} list for {i}"},
+                                        {"role": "assistant", "content": f"The {w} list is one two {i * 7}"}]}
+            for i, w in enumerate(words)]
+    ctx = SelectionContext(cache=ContentCache(cache_dir, is_writer=dist.is_main, enabled=False), dist=dist,
+                           data_fingerprint="fp", model_resolver=lambda ref: model_dir)
+    nug = SELECTORS.get("nuggets")
+    cfg = nug.config_class(model="tiny", mode="clean", anchor_max_length=48, threshold=None, top_k=4,
+                           anchor_batch_size=2, candidate_batch_size=2)
+    cfg.anchors.method = "random"
+    cfg.anchors.k = 3
+    res = nug(cfg).select(rows, ctx)
+    sup = SELECTORS.get("superfilter")
+    res2 = sup(sup.config_class(model="tiny", sample_rate=0.5, batch_size=3)).select(rows, ctx)
+    if dist.is_main:
+        json.dump({"world": dist.world_size, "gs": res.table["golden_score"], "order": res.order,
+                   "ifd": res2.table["ifd"], "order2": res2.order}, open(out, "w"))
+    """
+)
+
+
+def _run(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_world_size_1_and_2_identical(tiny_llama, tmp_path):
+    script = tmp_path / "shard.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    _run([sys.executable, str(script), str(tiny_llama), str(one), str(tmp_path / "c1")], env)
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+          str(script), str(tiny_llama), str(two), str(tmp_path / "c2")], env)
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["world"] == 1 and b["world"] == 2
+    assert a["gs"] == b["gs"] and a["order"] == b["order"] and len(a["order"]) == 4
+    assert a["ifd"] == pytest.approx(b["ifd"], abs=1e-9) and a["order2"] == b["order2"]
