@@ -1,0 +1,175 @@
+"""Training stages on TRL 1.x: global batch held constant, LoRA merged on save, packing, assistant-only
+loss, DPO from an SFT artifact, resume from the last checkpoint of an interrupted run, W&B run naming.
+
+The stage tests run the real pipeline (``run_pipeline`` → ``run_sft_stage`` / ``run_dpo_stage``) in
+process on the tiny random Llama, from a run directory whose ``select/`` holds a small ``selected.jsonl``
+and a manifest, so no selection model runs. TRL's trainer classes are wrapped (never replaced) to keep a
+handle on the trainer the stage built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from deita.training.common import gradient_accumulation_steps, trainer_arguments
+from tests.helpers import compose_config
+
+ALPACA = "instruct/llamafactory_alpaca_en_demo.json"
+DPO_PAIRS = "preference/llamafactory_dpo_en_demo.json"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Global batch held constant across process counts
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("world", [1, 2, 8])
+@pytest.mark.parametrize("global_batch,per_device", [(512, 2), (128, 4), (32, 1), (8, 1)])
+def test_accumulation_keeps_global_batch_exact(world, global_batch, per_device):
+    accum = gradient_accumulation_steps(global_batch, per_device, world)
+    assert isinstance(accum, int) and accum >= 1
+    assert world * per_device * accum == global_batch
+
+
+def test_accumulation_hand_values():
+    assert [gradient_accumulation_steps(512, 2, w) for w in (1, 2, 8)] == [256, 128, 32]
+    assert [gradient_accumulation_steps(32, 1, w) for w in (1, 2, 8)] == [32, 16, 4]
+
+
+@pytest.mark.parametrize("global_batch,per_device,world", [(8, 4, 8), (10, 4, 1), (512, 3, 2), (6, 1, 4)])
+def test_accumulation_that_cannot_divide_names_the_numbers(global_batch, per_device, world):
+    with pytest.raises(ValueError) as err:
+        gradient_accumulation_steps(global_batch, per_device, world)
+    msg = str(err.value)
+    for number in (global_batch, per_device, world, per_device * world):
+        assert str(number) in msg
+    assert "global_batch_size" in msg and "per_device_batch_size" in msg and "world_size" in msg
+
+
+@pytest.fixture(scope="module")
+def mistral_cfg():
+    return compose_config(["recipe=mistral_deita"])
+
+
+@pytest.mark.parametrize("world,accum", [(1, 256), (2, 128), (8, 32)])
+def test_trainer_arguments_for_recipe_hold_global_batch(mistral_cfg, tmp_path, world, accum):
+    node = mistral_cfg.sft
+    assert (node.global_batch_size, node.per_device_batch_size) == (512, 2)
+    kwargs = trainer_arguments(node, tmp_path, world_size=world, seed=42, report_to="none", run_name="r",
+                               eval_enabled=False)
+    assert kwargs["gradient_accumulation_steps"] == accum
+    assert kwargs["per_device_train_batch_size"] == 2
+    assert world * kwargs["per_device_train_batch_size"] * kwargs["gradient_accumulation_steps"] == 512
+    # the recipe's own trainer args pass through; CPU turns bf16 and checkpointing off
+    assert kwargs["learning_rate"] == 2.0e-5 and kwargs["num_train_epochs"] == 6 and kwargs["save_steps"] == 20
+    assert kwargs["output_dir"] == str(tmp_path / "checkpoints")
+    dpo = trainer_arguments(mistral_cfg.dpo, tmp_path, world_size=world, seed=42, report_to="none", run_name="r",
+                            eval_enabled=False)
+    assert world * dpo["per_device_train_batch_size"] * dpo["gradient_accumulation_steps"] == 32
+
+
+def test_trainer_arguments_build_a_real_sft_config(mistral_cfg, tmp_path):
+    from trl import SFTConfig
+
+    # world size 1 here: a larger one makes TrainingArguments look for a live process group
+    args = SFTConfig(**trainer_arguments(mistral_cfg.sft, tmp_path, world_size=1, seed=42, report_to="none",
+                                         run_name="r", eval_enabled=False))
+    assert args.gradient_accumulation_steps == 256 and args.per_device_train_batch_size == 2
+    assert args.bf16 is False and args.gradient_checkpointing is False and args.max_length == 2048
+
+
+def test_trainer_arguments_reject_indivisible_world(mistral_cfg, tmp_path):
+    with pytest.raises(ValueError, match="512.*2.*3"):
+        trainer_arguments(mistral_cfg.sft, tmp_path, world_size=3, seed=42, report_to="none", run_name="r",
+                          eval_enabled=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage helpers
+# ---------------------------------------------------------------------------------------------------
+
+def _fake_select(run_dir: Path, shared_data: Path, n_rows: int) -> list[dict]:
+    """A finished ``select/`` artifact: ``n_rows`` canonical rows of the Alpaca demo and a manifest."""
+    from deita.data.loading import load_rows, write_jsonl
+
+    rows = load_rows(str(shared_data / ALPACA), limit=n_rows).rows
+    select = run_dir / "select"
+    write_jsonl(rows, select / "selected.jsonl")
+    manifest = {"stage": "select", "fingerprint": "test-select-fp", "status": "complete",
+                "config": {"selection": {"method": "random", "budget": n_rows}},
+                "inputs": {"data": [{"file": ALPACA}]}, "selected_rows": n_rows}
+    (select / "manifest.json").write_text(json.dumps(manifest))
+    return rows
+
+
+def _cfg(tmp_path: Path, shared_data: Path, *overrides: str):
+    return compose_config(["recipe=tiny", "logger=none", f"paths.runs_dir={tmp_path / 'runs'}",
+                           f"paths.cache_dir={tmp_path / 'cache'}", f"paths.shared_data={shared_data}",
+                           "sft.max_length=128", "dpo.max_length=128", *overrides])
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """Record every TRL trainer a stage builds (the real classes, subclassed only to keep a handle)."""
+    import trl
+
+    built: list = []
+    for name in ("SFTTrainer", "DPOTrainer"):
+        base = getattr(trl, name)
+
+        def __init__(self, *args, _base=base, **kwargs):
+            _base.__init__(self, *args, **kwargs)
+            built.append(self)
+
+        monkeypatch.setattr(trl, name, type(name, (base,), {"__init__": __init__}))
+    return built
+
+
+def _state_dict(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        out.update(load_file(shard))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. SFT variants and DPO on the tiny model
+# ---------------------------------------------------------------------------------------------------
+
+def test_sft_lora_saves_a_merged_model_that_differs_from_base(tmp_path, shared_data, trainers):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deita.models.resolve import resolve_model
+    from deita.pipeline import run_pipeline
+
+    run_dir = tmp_path / "run"
+    _fake_select(run_dir, shared_data, 16)
+    cfg = _cfg(tmp_path, shared_data, "stages=[sft]", "sft.peft.enabled=true", "sft.peft.r=4",
+               "+sft.args.max_steps=2", "sft.args.warmup_steps=0")
+    manifest = run_pipeline(cfg, run_dir)["sft"]
+
+    (trainer,) = trainers
+    assert type(trainer.model).__name__.startswith("Peft")  # TRL trained adapters, not all weights
+    assert manifest["metrics"]["global_steps"] == 2 and math.isfinite(manifest["metrics"]["train_loss"])
+    model_dir = run_dir / "sft" / "model"
+    assert not (model_dir / "adapter_config.json").exists()
+    merged = _state_dict(model_dir)
+    assert not [k for k in merged if "lora" in k or "base_layer" in k]  # merged, plain checkpoint keys
+    base = _state_dict(Path(resolve_model("tiny:llama", cfg.paths.cache_dir)))
+    assert merged.keys() == base.keys()
+    # all-linear LoRA: attention/MLP projections moved; embeddings, norms and the output head did not
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert any("q_proj" in k for k in changed) and any("down_proj" in k for k in changed)
+    assert not [k for k in changed if "embed_tokens" in k or "norm" in k or k.startswith("lm_head")]
+
+    loaded = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(loaded.state_dict()[q], merged[q])
+    assert "SFT" in (model_dir / "README.md").read_text()
