@@ -173,3 +173,143 @@ def test_sft_lora_saves_a_merged_model_that_differs_from_base(tmp_path, shared_d
     q = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(loaded.state_dict()[q], merged[q])
     assert "SFT" in (model_dir / "README.md").read_text()
+
+
+def test_sft_packing_packs_rows_and_trains(tmp_path, shared_data, trainers):
+    from deita.pipeline import run_pipeline
+
+    run_dir = tmp_path / "run"
+    _fake_select(run_dir, shared_data, 24)
+    cfg = _cfg(tmp_path, shared_data, "stages=[sft]", "sft.packing=true", "sft.max_length=512",
+               "+sft.args.max_steps=1")
+    manifest = run_pipeline(cfg, run_dir)["sft"]
+    (trainer,) = trainers
+    assert trainer.args.packing is True
+    ds = trainer.train_dataset
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    assert len(ds) < 24 and max(lengths) == 512  # 24 conversations went into fewer, fuller sequences
+    assert any(len(seqs) > 1 for seqs in ds["seq_lengths"])  # some sequence holds several conversations
+    assert all(sum(seqs) == n for seqs, n in zip(ds["seq_lengths"], lengths))
+    assert manifest["metrics"]["global_steps"] == 1 and math.isfinite(manifest["metrics"]["train_loss"])
+    assert manifest["train_rows"] == 24
+
+
+@pytest.mark.parametrize("assistant_only", [True, False])
+def test_sft_assistant_only_loss_labels_and_finite_loss(tmp_path, shared_data, trainers, assistant_only):
+    from deita.pipeline import run_pipeline
+
+    run_dir = tmp_path / "run"
+    rows = _fake_select(run_dir, shared_data, 8)
+    cfg = _cfg(tmp_path, shared_data, "stages=[sft]", f"sft.assistant_only_loss={str(assistant_only).lower()}",
+               "sft.global_batch_size=4", "+sft.args.max_steps=1")
+    manifest = run_pipeline(cfg, run_dir)["sft"]
+    assert math.isfinite(manifest["metrics"]["train_loss"])
+    (trainer,) = trainers
+    assert trainer.args.assistant_only_loss is assistant_only
+    example = trainer.train_dataset[0]
+    ids, labels = example["input_ids"], example["labels"]
+    kept = [i for i, lab in zip(ids, labels) if lab != -100]
+    assert all(lab in (-100, i) for i, lab in zip(ids, labels))
+    if not assistant_only:
+        assert kept == ids
+        return
+    # loss only on the assistant's tokens: the prompt is masked, the answer is not
+    assert 0 < len(kept) < len(ids) and labels[0] == -100
+    text = trainer.processing_class.decode(kept)
+    user, answer = rows[0]["messages"][-2]["content"], rows[0]["messages"][-1]["content"]
+    assert answer[:20] in text and user[:20] not in text
+
+
+def test_dpo_lora_from_sft_artifact(tmp_path, shared_data, trainers):
+    import torch
+
+    from deita.pipeline import run_pipeline
+
+    run_dir = tmp_path / "run"
+    _fake_select(run_dir, shared_data, 8)
+    cfg = _cfg(tmp_path, shared_data, "stages=[sft,dpo]", "sft.global_batch_size=4", "+sft.args.max_steps=1",
+               f"data.preference=[{{path: {shared_data / DPO_PAIRS}, limit: 8}}]",
+               "dpo.peft.enabled=true", "dpo.peft.r=4", "dpo.global_batch_size=4", "dpo.per_device_batch_size=2",
+               "+dpo.args.max_steps=2", "dpo.args.warmup_steps=0", "dpo.args.learning_rate=1e-3")
+    manifests = run_pipeline(cfg, run_dir)
+    sft_trainer, dpo_trainer = trainers
+    assert type(dpo_trainer.model).__name__.startswith("Peft")
+    assert dpo_trainer.ref_model is None  # with adapters, the reference is the SFT model with them disabled
+    dpo = manifests["dpo"]
+    assert dpo["inputs"]["upstream"]["sft"] == manifests["sft"]["fingerprint"]
+    assert dpo["train_pairs"] == 8 and dpo["metrics"]["global_steps"] == 2
+    assert math.isfinite(dpo["metrics"]["train_loss"])
+    assert dpo["gradient_accumulation_steps"] == 2
+
+    sft_weights, dpo_weights = _state_dict(run_dir / "sft" / "model"), _state_dict(run_dir / "dpo" / "model")
+    assert sft_weights.keys() == dpo_weights.keys()  # merged: no adapter keys
+    changed = {k for k in sft_weights if not torch.equal(sft_weights[k], dpo_weights[k])}
+    assert any("v_proj" in k for k in changed)
+    assert not [k for k in changed if "embed_tokens" in k or k.startswith("lm_head")]
+    card = (run_dir / "dpo" / "model" / "README.md").read_text()
+    assert manifests["sft"]["fingerprint"] in card
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Resume an interrupted stage from its last checkpoint
+# ---------------------------------------------------------------------------------------------------
+
+def _with_callback(monkeypatch, callback) -> None:
+    """Make every SFTTrainer the stage builds carry ``callback``."""
+    import trl
+
+    base = trl.SFTTrainer
+
+    def __init__(self, *args, **kwargs):
+        base.__init__(self, *args, **kwargs)
+        self.add_callback(callback)
+
+    monkeypatch.setattr(trl, "SFTTrainer", type("SFTTrainer", (base,), {"__init__": __init__}))
+
+
+def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, monkeypatch, caplog):
+    from transformers import TrainerCallback
+
+    from deita.pipeline import run_pipeline
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt("killed after checkpoint-2")
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.started_at, self.steps = None, []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started_at = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    run_dir = tmp_path / "run"
+    _fake_select(run_dir, shared_data, 16)
+    # 16 rows, 4 per optimizer step: 4 steps, a checkpoint after each
+    cfg = _cfg(tmp_path, shared_data, "stages=[sft]", "sft.global_batch_size=4", "+sft.args.max_steps=4",
+               "+sft.args.save_steps=1", "sft.args.warmup_steps=0")
+
+    with monkeypatch.context() as m:
+        _with_callback(m, CrashAfterSave())
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(cfg, run_dir)
+    (partial,) = run_dir.glob(".sft.partial-*")
+    assert not (run_dir / "sft").exists()  # nothing that looks finished
+    ckpts = sorted(p.name for p in (partial / "checkpoints").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-1", "checkpoint-2"]
+    state = json.loads((partial / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+
+    steps = Steps()
+    caplog.set_level("INFO", logger="deita.training.common")
+    _with_callback(monkeypatch, steps)
+    manifest = run_pipeline(cfg, run_dir)["sft"]
+    assert f"resuming from {partial / 'checkpoints' / 'checkpoint-2'}" in caplog.text
+    assert steps.started_at == 2 and steps.steps == [3, 4]  # picked up at step 2, not 0
+    assert manifest["metrics"]["global_steps"] == 4
+    assert manifest["fingerprint"] == partial.name.split("partial-")[1]  # the same stage, finished
+    assert not list(run_dir.glob(".sft.partial-*")) and not (run_dir / "sft" / "checkpoints").exists()
