@@ -50,7 +50,22 @@ def relaunch(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> None:
-    """Validate ``cfg``; then print the plan (``plan=true``), re-launch, or run the pipeline."""
+    """Validate ``cfg``; then print the plan (``plan=true``), re-launch, or run the pipeline.
+
+    A config error or a malformed data record ends the run with its message and exit status 2, no
+    traceback: the message already names the key, or the file, record and field.
+    """
+    from deita.data.errors import DataError
+    from deita.validate import ConfigError
+
+    try:
+        _run(cfg)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run(cfg: DictConfig) -> None:
     from deita.validate import validate_config
 
     validate_config(cfg)

@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 DEFAULT_EPOCHS = 3  # transformers' TrainingArguments default
 KNOWN_PARAMS_B = {
@@ -87,22 +87,6 @@ def gpu_hours(flops: float, opts) -> float:
     return flops / (opts.gpu_tflops * 1e12 * opts.mfu) / 3600
 
 
-def selection_models(sel: DictConfig) -> list[tuple[str, str]]:
-    """(role, model ref) of every model a selection method runs over the pool, read from its config."""
-    found = []
-    container = OmegaConf.to_container(sel, resolve=True)
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else k)
-        elif isinstance(node, str) and (prefix.endswith("model") or prefix.endswith("model_name_or_path")):
-            found.append((prefix, node))
-
-    walk(container, "")
-    return found
-
-
 def build_plan(cfg: DictConfig) -> list[dict]:
     """One entry per stage with rows, tokens, steps, FLOPs and GPU-hours."""
     opts = cfg.plan_options
@@ -111,11 +95,14 @@ def build_plan(cfg: DictConfig) -> list[dict]:
     budget = pool.rows if cfg.selection.budget < 0 else min(cfg.selection.budget, pool.rows or cfg.selection.budget)
     tokens_per_row = pool.tokens / pool.rows if pool.rows else 0.0
     if "select" in cfg.stages:
-        passes = selection_models(cfg.selection)
-        # The DEITA scorers read each turn once each; an embedder reads the whole conversation once.
-        flops = sum(2 * params_billions(ref) * 1e9 * pool.tokens for _, ref in passes)
+        from deita.selection.base import SELECTORS
+        from deita.selection.methods import load_all
+
+        load_all()
+        passes = SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(pool.rows, pool.tokens)
+        flops = sum(2 * params_billions(ref) * 1e9 * tokens for _, ref, tokens in passes)
         plan.append({"stage": "select", "rows": pool.rows, "tokens": pool.tokens, "selected": budget,
-                     "models": ", ".join(f"{role}={ref}" for role, ref in passes) or "none",
+                     "models": ", ".join(f"{role}={ref}" for role, ref, _ in passes) or "none",
                      "flops": flops, "gpu_hours": gpu_hours(flops, opts), "exact_counts": pool.exact})
     params = params_billions(cfg.model.name_or_path, cfg.model.params_billions)
     for stage in ("sft", "dpo"):
@@ -153,6 +140,8 @@ def format_plan(cfg: DictConfig, plan: list[dict]) -> str:
         steps = e.get("optimizer_steps", "")
         notes = (f"select {e['selected']} rows; models: {e['models']}" if e["stage"] == "select"
                  else f"{e['epochs']:g} epochs, {e['params_b']:g}B params, grad accum {e['grad_accum_at_gpus']:g} at {opts.gpus} GPUs")
+        if e["stage"] == "sft" and cfg.selection.budget < 0:
+            notes += "; budget -1: every pool row, an upper bound for thresholded methods"
         if e.get("exact_counts") is False:
             notes += " (hub data: counts from approx_rows hints)"
         lines.append(f"{e['stage']:<7} {e['rows']:>9,} {e['tokens']:>12,.0f} {steps!s:>7} "

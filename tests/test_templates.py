@@ -287,3 +287,12 @@ def test_sft_labels_mistral_vicuna_left_padding(tiny_mistral, tmp_path):
     assert sorted(s[0] for s in segs) == sorted(oracle)
     for ids, labels in segs:
         _check_row(tok, "vicuna_v1.1", ROWS[oracle.index(ids)], ids, labels)
+
+
+def test_alpaca_template_renders_the_stanford_alpaca_prompt():
+    from deita.data.templates import render_text
+
+    text = render_text([{"role": "user", "content": "Add 2 and 3"}, {"role": "assistant", "content": "5"}],
+                       "alpaca", bos_token="<s>", eos_token="</s>")
+    assert text == ("<s>Below is an instruction that describes a task. Write a response that appropriately "
+                    "completes the request.\n\n### Instruction:\nAdd 2 and 3\n\n### Response:\n5</s>\n\n")

@@ -112,7 +112,25 @@ ZEPHYR_JINJA = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+#: stanford_alpaca's training prompt (the Nuggets reference SFT), one "### Instruction / ### Response" block
+#: per turn. Canonical rows carry an Alpaca ``input`` inside the user text (after a blank line), so the
+#: "paired with an input" preamble variant is not reproduced.
+ALPACA_JINJA = (
+    _BOS
+    + "{{ '" + ALPACA_PREAMBLE + "\n\n' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n### Response:\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
 for _t in (
+    ChatTemplate("alpaca", ALPACA_JINJA, True, "stanford_alpaca prompt (Nuggets reference SFT); system messages dropped"),
     ChatTemplate("vicuna_v1.1", VICUNA_JINJA, True, "FastChat vicuna_v1.1 (DEITA reference SFT template)"),
     ChatTemplate("chatml", CHATML_JINJA, False, "ChatML <|im_start|>role ... <|im_end|>"),
     ChatTemplate("zephyr", ZEPHYR_JINJA, True, "Zephyr <|user|>/<|assistant|>/<|system|> ended by eos"),

@@ -70,5 +70,26 @@ class Selector:
         """Score ``rows`` (canonical rows) and choose at most ``cfg.budget`` of them."""
         raise NotImplementedError
 
+    def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
+        """For plan mode: (role, model ref, tokens read) of each forward pass over the pool.
+
+        The default says every model the config names (a key ending in ``model``) reads the pool once;
+        methods whose cost has another shape (Nuggets: candidates × anchors) override it.
+        """
+        from omegaconf import OmegaConf
+
+        passes: list[tuple[str, str, float]] = []
+
+        def walk(node, prefix):
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    walk(value, f"{prefix}.{key}" if prefix else key)
+            elif isinstance(node, str) and prefix.split(".")[-1].endswith("model"):
+                passes.append((prefix, node, pool_tokens))
+
+        cfg = self.cfg
+        walk(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(vars(cfg)), "")
+        return passes
+
 
 SELECTORS: Registry[type[Selector]] = Registry("selection method")

@@ -107,6 +107,17 @@ class NuggetsSelector(Selector):
 
     config_class = NuggetsSelectionConfig
 
+    def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
+        """Embedding for k-means (pool once) + zero-shot anchors + every candidate × every anchor."""
+        cfg = self.cfg
+        per_row = pool_tokens / n_rows if n_rows else 0.0
+        anchor_tokens = min(per_row, cfg.anchor_max_length or per_row)
+        k = cfg.anchors.k
+        passes = [("golden score", cfg.model, k * anchor_tokens + n_rows * (per_row + k * anchor_tokens))]
+        if cfg.anchors.method == "kmeans":
+            passes.insert(0, ("anchor embedding", cfg.anchors.embedder_model or cfg.model, pool_tokens))
+        return passes
+
     def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:
         import numpy as np
 
