@@ -106,7 +106,8 @@ def _fake_select(run_dir: Path, shared_data: Path, n_rows: int) -> list[dict]:
 
 
 def _cfg(tmp_path: Path, shared_data: Path, *overrides: str):
-    return compose_config(["recipe=tiny", "logger=none", f"paths.runs_dir={tmp_path / 'runs'}",
+    logger = [] if any(o.startswith("logger=") for o in overrides) else ["logger=none"]
+    return compose_config(["recipe=tiny", *logger, f"paths.runs_dir={tmp_path / 'runs'}",
                            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.shared_data={shared_data}",
                            "sft.max_length=128", "dpo.max_length=128", *overrides])
 
@@ -313,3 +314,47 @@ def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, mon
     assert manifest["metrics"]["global_steps"] == 4
     assert manifest["fingerprint"] == partial.name.split("partial-")[1]  # the same stage, finished
     assert not list(run_dir.glob(".sft.partial-*")) and not (run_dir / "sft" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. W&B: one offline run per stage, named <recipe>/<overrides>/<stage>, grouped by recipe
+# ---------------------------------------------------------------------------------------------------
+
+def test_wandb_offline_run_name_group_and_config(tmp_path, shared_data, monkeypatch):
+    from omegaconf import OmegaConf
+    from transformers import TrainerCallback
+
+    from deita.pipeline import run_pipeline
+
+    class SeeRun(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            import wandb
+
+            run = wandb.run
+            self.name, self.group, self.job_type, self.mode = run.name, run.group, run.job_type, run.offline
+            self.config = dict(run.config)
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    seen = SeeRun()
+    _with_callback(monkeypatch, seen)
+    cfg = _cfg(tmp_path, shared_data, "logger=wandb", "stages=[sft]", "sft.global_batch_size=4",
+               "+sft.args.max_steps=1", "seed=7")
+    run_dir = Path(cfg.run_dir)
+    assert run_dir.parent == tmp_path / "runs" / "tiny"
+    _fake_select(run_dir, shared_data, 8)
+    run_pipeline(cfg, run_dir)
+
+    expected = f"tiny/{run_dir.name}/sft"  # <recipe>/<overrides>/<stage>
+    assert "seed=7" in run_dir.name and "sft.global_batch_size=4" in run_dir.name
+    assert (seen.name, seen.group, seen.job_type, seen.mode) == (expected, "tiny", "sft", True)
+    # the whole resolved Hydra config is the run's config (HF adds its trainer arguments beside it)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert {k: seen.config[k] for k in resolved} == resolved
+    assert seen.config["sft"]["global_batch_size"] == 4 and seen.config["recipe_name"] == "tiny"
+    assert seen.config["gradient_accumulation_steps"] == 1  # HF's trainer arguments in the same run
+
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    # wandb 0.31 writes no files/config.yaml offline; the run record in the .wandb log carries name and config
+    (log_file,) = offline.glob("run-*.wandb")
+    raw = log_file.read_bytes()
+    assert expected.encode() in raw and b"selection_models" in raw and b"deita_complexity" in raw
