@@ -11,6 +11,7 @@ from __future__ import annotations
 from deita.selection.scorers.batching import (
     final_hidden_states,
     length_sorted_batches,
+    model_inputs,
     pad_batch,
     resolve_device,
     resolve_dtype,
@@ -57,8 +58,9 @@ class ClmEmbedder:
         with torch.inference_mode():
             for batch in bar:
                 ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, self.padding_side)
-                ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
-                hidden = final_hidden_states(self.model, ids, mask, pos).float()
+                hidden = final_hidden_states(self.model, **model_inputs(self.padding_side, ids, mask, pos,
+                                                                        self.device)).float()
+                mask = mask.to(self.device)
                 if self.pooling == "last":
                     vec = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
                 else:

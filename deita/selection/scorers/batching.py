@@ -1,10 +1,12 @@
 """Length-sorted dynamic batches and padding that cannot change a row's result.
 
-Padding proof (both sides supported): every model call passes the attention mask *and* explicit
-position ids ``cumsum(mask) - 1``, so a real token sees exactly the keys and positions it would see
-alone; pads are never attended by real tokens (causal mask + padding mask). The value read out is at
-each row's last real token (index ``len - 1`` under right padding, ``T - 1`` under left padding), so
-batched and one-at-a-time results agree up to floating-point reduction order (tested to 1e-5 in fp32).
+Padding proof. Right padding: the pads come after every real token, so under the causal mask a real
+token attends only to earlier real tokens at positions 0..len-1, exactly as alone; no padding mask is
+needed at all (:func:`model_inputs` passes none, which lets SDPA use its fast causal kernel instead of
+materialising a [B, H, T, T] mask). Left padding: the padding mask plus explicit position ids
+``cumsum(mask) - 1`` give every real token the keys and positions it would see alone. The value read out
+is at each row's last real token (``len - 1`` right, ``T - 1`` left), so batched and one-at-a-time results
+agree up to floating-point reduction order (tested to 1e-5 in fp32).
 """
 
 from __future__ import annotations
@@ -68,7 +70,15 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
     return ids, mask, position_ids, last_index
 
 
-def final_hidden_states(model, input_ids, attention_mask, position_ids):
+def model_inputs(side: str, input_ids, attention_mask, position_ids, device) -> dict:
+    """Arguments for the base model: right padding needs no mask (see module doc), left padding does."""
+    inputs = {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device)}
+    if side == "left":
+        inputs["attention_mask"] = attention_mask.to(device)
+    return inputs
+
+
+def final_hidden_states(model, input_ids, attention_mask=None, position_ids=None):
     """Final-layer (post-norm) hidden states ``[B, T, H]`` from the base model of a causal LM.
 
     Calls the base model (``model.<base_model_prefix>``) rather than asking the LM for every layer's

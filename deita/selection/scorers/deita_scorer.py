@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from deita.selection.scorers.batching import (
     final_hidden_states,
     length_sorted_batches,
+    model_inputs,
     pad_batch,
     resolve_device,
     resolve_dtype,
@@ -103,7 +104,7 @@ class DeitaScorer:
         with torch.inference_mode():
             for batch in bar:
                 ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, "right")
-                hidden = final_hidden_states(self.model, ids.to(self.device), mask.to(self.device), pos.to(self.device))
+                hidden = final_hidden_states(self.model, **model_inputs("right", ids, mask, pos, self.device))
                 rows = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
                 logits = head(rows).float()
                 softcap = getattr(self.model.config, "final_logit_softcapping", None)
