@@ -14,11 +14,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
-def collect_rows(job_dirs: list[Path]) -> list[dict]:
-    """One summary row per job directory, read from its stage manifests."""
+def varying_overrides(job_overrides: list[list[str]]) -> list[dict[str, str]]:
+    """Per job, the ``key: value`` of each override whose value differs between jobs (the swept keys)."""
+    parsed = [dict(o.split("=", 1) for o in overrides if "=" in o) for overrides in job_overrides]
+    keys = [k for k in dict.fromkeys(k for p in parsed for k in p) if len({p.get(k) for p in parsed}) > 1]
+    return [{k: p.get(k, "") for k in keys} for p in parsed]
+
+
+def collect_rows(job_dirs: list[Path], job_overrides: list[list[str]] | None = None) -> list[dict]:
+    """One summary row per job directory: the swept overrides, then numbers read from its stage manifests."""
     rows = []
-    for job in job_dirs:
-        row: dict[str, Any] = {"run": job.name}
+    swept = varying_overrides(job_overrides) if job_overrides else [{} for _ in job_dirs]
+    for job, overrides in zip(job_dirs, swept):
+        row: dict[str, Any] = {**overrides, "run": job.name}
         for stage in ("select", "sft", "dpo"):
             manifest_path = job / stage / "manifest.json"
             if not manifest_path.is_file():
@@ -50,18 +58,20 @@ class SweepSummary(Callback):
 
     def __init__(self) -> None:
         self.job_dirs: list[Path] = []
+        self.job_overrides: list[list[str]] = []
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         self.job_dirs.append(Path(HydraConfig.get().runtime.output_dir))
+        self.job_overrides.append(list(getattr(job_return, "overrides", None) or []))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from deita.distributed import env_dist
 
         if not self.job_dirs or not env_dist().is_main:
             return
-        table = format_table(collect_rows(self.job_dirs))
+        table = format_table(collect_rows(self.job_dirs, self.job_overrides))
         sweep_dir = self.job_dirs[0].parent
         (sweep_dir / "sweep_summary.md").write_text("# Sweep summary\n\n" + table + "\n")
         print(f"\nSweep summary ({sweep_dir / 'sweep_summary.md'}):\n{table}")

@@ -1,0 +1,156 @@
+"""Budget sweeps with Hydra multirun: scoring and embedding done once and cached, the summary table,
+and ``launch.num_processes`` re-launching a plain ``python train.py`` under accelerate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from deita.sweep import collect_rows, format_table, varying_overrides
+from tests.helpers import run_train, shared_paths
+
+ALPACA = "instruct/llamafactory_alpaca_en_demo.json"
+
+
+def _pool(shared_data: Path, limit: int) -> str:
+    return f"data.pool=[{{path: {shared_data / ALPACA}, limit: {limit}}}]"
+
+
+def _manifest(job: Path, stage: str) -> dict:
+    return json.loads((job / stage / "manifest.json").read_text())
+
+
+def _table(summary: Path) -> list[dict[str, str]]:
+    """The markdown table of ``sweep_summary.md`` as dicts (header → cell)."""
+    lines = [ln for ln in summary.read_text().splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    header, body = cells[0], cells[2:]
+    assert set(lines[1].replace("|", "").split("---")) <= {""}
+    return [dict(zip(header, row, strict=True)) for row in body]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The summary table itself (hand-written manifests)
+# ---------------------------------------------------------------------------------------------------
+
+def test_varying_overrides_keep_only_swept_keys():
+    jobs = [["selection.budget=8", "logger=none", "sft.lr=1"], ["selection.budget=16", "logger=none", "sft.lr=1"],
+            ["selection.budget=24", "logger=none"]]
+    assert varying_overrides(jobs) == [{"selection.budget": "8", "sft.lr": "1"},
+                                       {"selection.budget": "16", "sft.lr": "1"},
+                                       {"selection.budget": "24", "sft.lr": ""}]
+    assert varying_overrides([["a=1"], ["a=1"]]) == [{}, {}]
+
+
+def test_summary_rows_from_manifests(tmp_path):
+    jobs = []
+    for budget, loss in ((8, 2.5), (16, 2.25)):
+        job = tmp_path / f"selection.budget={budget}"
+        for stage, body in (("select", {"selected_rows": budget, "cache": {"hits": ["a"] * (budget > 8),
+                                                                            "misses": ["a"] * (budget == 8)}}),
+                            ("sft", {"metrics": {"train_loss": loss, "global_steps": 3}})):
+            (job / stage).mkdir(parents=True)
+            (job / stage / "manifest.json").write_text(json.dumps(body))
+        jobs.append(job)
+    rows = collect_rows(jobs, [["selection.budget=8", "x=1"], ["selection.budget=16", "x=1"]])
+    assert rows == [
+        {"selection.budget": "8", "run": "selection.budget=8", "selected": 8, "select cache hits": 0,
+         "select cache misses": 1, "sft train_loss": 2.5},
+        {"selection.budget": "16", "run": "selection.budget=16", "selected": 16, "select cache hits": 1,
+         "select cache misses": 0, "sft train_loss": 2.25},
+    ]
+    (tmp_path / "s.md").write_text(format_table(rows))
+    assert _table(tmp_path / "s.md")[1] == {"selection.budget": "16", "run": "selection.budget=16", "selected": "16",
+                                            "select cache hits": "1", "select cache misses": "0",
+                                            "sft train_loss": "2.25"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real sweeps through train.py -m
+# ---------------------------------------------------------------------------------------------------
+
+def test_budget_sweep_scores_and_embeds_once(tmp_path, shared_data):
+    args = ["-m", "recipe=tiny", "selection=deita", "selection.budget=8,16,24", "stages=[select]", "logger=none",
+            *shared_paths(tmp_path, shared_data), _pool(shared_data, 32),
+            "selection.scorer.max_length=128", "selection.embedder.max_length=128"]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    sweep = tmp_path / "runs" / "tiny"
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: _manifest(p, "select")["selected_rows"])
+    assert len(jobs) == 3
+    manifests = [_manifest(job, "select") for job in jobs]
+    assert [m["selected_rows"] for m in manifests] == [8, 16, 24]
+    # Hydra runs the jobs in override order: the first computes, the other two only read the cache
+    first, *rest = manifests
+    kinds = lambda keys: sorted(k.split("/")[0] for k in keys)
+    assert kinds(first["cache"]["misses"]) == ["deita_complexity_scores", "deita_embeddings", "deita_quality_scores"]
+    assert first["cache"]["hits"] == []
+    for m in rest:
+        assert m["cache"]["misses"] == [] and sorted(m["cache"]["hits"]) == sorted(first["cache"]["misses"])
+    # the smaller selections are prefixes of the larger (one ranking, cut at each budget)
+    ids = [[json.loads(ln)["id"] for ln in (job / "select" / "selected.jsonl").read_text().splitlines()]
+           for job in jobs]
+    assert ids[0] == ids[1][:8] and ids[1] == ids[2][:16]
+
+    table = _table(sweep / "sweep_summary.md")
+    assert [(r["selection.budget"], r["selected"], r["select cache hits"], r["select cache misses"])
+            for r in table] == [("8", "8", "0", "3"), ("16", "16", "3", "0"), ("24", "24", "3", "0")]
+
+
+@pytest.mark.slow
+def test_sft_sweep_reports_train_loss_per_budget(tmp_path, shared_data):
+    args = ["-m", "recipe=tiny", "selection.budget=8,16", "stages=[select,sft]", "logger=none",
+            *shared_paths(tmp_path, shared_data), _pool(shared_data, 40), "sft.max_length=128",
+            "sft.global_batch_size=4"]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    sweep = tmp_path / "runs" / "tiny"
+    table = {r["selection.budget"]: r for r in _table(sweep / "sweep_summary.md")}
+    assert sorted(table) == ["16", "8"]
+    for budget in (8, 16):
+        job = next(p for p in sweep.iterdir() if p.is_dir() and f"selection.budget={budget}," in p.name + ",")
+        sft = _manifest(job, "sft")
+        assert sft["train_rows"] == budget and sft["metrics"]["global_steps"] == budget // 4
+        assert math.isfinite(float(table[str(budget)]["sft train_loss"]))
+        assert float(table[str(budget)]["sft train_loss"]) == round(sft["metrics"]["train_loss"], 4)
+
+
+RELAUNCH_BUG = ("deita.cli.accelerate_command passes hydra.run.dir unquoted; a run dir with '=' (any override) "
+                "fails Hydra's override grammar in the re-launched processes")
+
+
+@pytest.mark.xfail(strict=True, reason=RELAUNCH_BUG)
+def test_relaunch_command_round_trips_overrides_and_run_dir(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from deita.cli import accelerate_command
+    from tests.helpers import compose_config
+
+    cfg = compose_config(["recipe=tiny", "launch.num_processes=2", "launch.extra_args=[--main_process_port,29617]"])
+    overrides = ["recipe=tiny", "selection.budget=8", "data.pool=[{path: /d/a.json, limit: 3}]"]
+    run_dir = str(tmp_path / "runs" / "tiny" / "data.pool=[{path:_d_a.json,limit:3}],selection.budget=8")
+    cmd = accelerate_command(cfg, overrides, run_dir)
+    assert cmd[cmd.index("--num_processes") + 1] == "2"
+    assert cmd[cmd.index("--main_process_port") + 1] == "29617"
+    passed = cmd[-(len(overrides) + 1):]  # after the script: the job's overrides, then its run dir
+    assert passed[:-1] == overrides
+    parsed = OverridesParser.create().parse_overrides(passed)
+    assert parsed[-1].key_or_group == "hydra.run.dir" and parsed[-1].value() == run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=RELAUNCH_BUG)
+def test_num_processes_relaunches_under_accelerate(tmp_path, shared_data):
+    args = ["recipe=tiny", "launch.num_processes=2", "launch.extra_args=[--main_process_port,29617]",
+            "stages=[select]", "logger=none", "selection.budget=8", *shared_paths(tmp_path, shared_data),
+            _pool(shared_data, 24)]
+    result = run_train(args)  # no ACCELERATE_USE_CPU here: the CLI must set it for the CPU re-launch
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "re-launching with 2 processes" in result.stdout + result.stderr
+    (job,) = [p for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir()]
+    manifest = _manifest(job, "select")
+    assert manifest["world_size"] == 2 and manifest["selected_rows"] == 8
+    assert manifest["config"]["launch"]["num_processes"] == 2
