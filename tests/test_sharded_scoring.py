@@ -22,11 +22,6 @@ SCRIPT = textwrap.dedent(
     from deita.selection.embedders.pool import embed_pool
 
     rows_path, model, out_dir = sys.argv[1:4]
-    # accelerate's PartialState ignores ACCELERATE_USE_CPU unless cpu=True is passed (then it is a
-    # 1-process "NO" state); join the gloo group explicitly before deita's helper reads the state.
-    import torch
-    from accelerate import PartialState
-    PartialState(cpu=not torch.cuda.is_available())
     info = init_distributed()
     assert info.world_size == 2, f"expected 2 processes, got world size {info.world_size}"
     rows = json.load(open(rows_path))
