@@ -6,7 +6,15 @@ under ``<run_dir>/eval/``, one folder per ``data.eval_prompts`` source named aft
 * ``<stem>/model_answer/<model_id>.jsonl``: FastChat answers (MT-Bench-format sets such as
   ``question.jsonl``), turn 2 asked with the model's own turn-1 answer;
 * ``<stem>/alpaca_eval.json``: AlpacaEval outputs (every set; for MT-Bench the first turns);
-* ``heldout_loss.jsonl`` and, in ``manifest.json``, ``heldout_loss`` / ``heldout_rows``.
+* ``heldout_loss.jsonl`` and, in ``manifest.json``, ``heldout_loss`` / ``heldout_rows``: the final model's
+  token-weighted mean loss on assistant tokens of pool rows the select stage did not select, at most
+  ``eval.limit`` rows (256 when ``eval.limit`` is null), drawn with seed 0. Skipped, with
+  ``heldout_note`` saying why, when there is no ``select/scores.parquet`` or the chat template has no
+  ``{% generation %}`` markers.
+
+The final model is the DPO stage's when it finished, else the SFT stage's. Greedy decoding when
+``eval.temperature`` is 0; sampling otherwise (seeded per prompt group, with the model's own
+generation-config ``top_p``/``top_k``, as FastChat's ``model.generate`` call also gets them).
 
 The judges are separate tools that call GPT-4; run them yourself on these files.
 

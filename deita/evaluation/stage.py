@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from deita.data.loading import load_rows, write_jsonl
 from deita.evaluation import formats
 from deita.evaluation.generate import answer_prompts, load_policy
 from deita.evaluation.heldout import HELDOUT_MAX_ROWS, heldout_loss, pick_heldout
@@ -47,8 +48,6 @@ def _opt(src, key: str, default):
 
 def load_prompt_sets(sources, limit: int | None) -> list[dict]:
     """Each source's prompt rows (first ``limit`` when set), with its stem and detected format."""
-    from deita.data.loading import load_rows
-
     sets, stems = [], {}
     for src in sources:
         path = str(src.path)
@@ -70,8 +69,6 @@ def write_answers(work_dir: Path, pset: dict, answers: list[list[str]], model_id
     written = []
     if "mt_bench" in pset["format"].split("+"):
         path = out_dir / "model_answer" / f"{model_id}.jsonl"
-        from deita.data.loading import write_jsonl
-
         write_jsonl(formats.fastchat_answers(pset["rows"], answers, model_id), path)
         written.append(path)
     path = out_dir / "alpaca_eval.json"
@@ -83,8 +80,6 @@ def write_answers(work_dir: Path, pset: dict, answers: list[list[str]], model_id
 def load_heldout_rows(cfg: DictConfig, run_dir: Path, cap: int) -> tuple[list[dict], str | None]:
     """The held-out SFT rows (see :mod:`deita.evaluation.heldout`), or ``([], reason)`` when there are none."""
     import pandas as pd
-
-    from deita.data.loading import load_rows
 
     table_path = run_dir / "select" / "scores.parquet"
     if not table_path.is_file():
@@ -141,8 +136,6 @@ def run_eval_stage(cfg: DictConfig, ctx) -> dict:
                               dist=dist)
         counts.update(heldout_loss=result["loss"], heldout_rows=result["rows"], heldout_tokens=result["tokens"])
         if dist.is_main:
-            from deita.data.loading import write_jsonl
-
             write_jsonl(result["per_row"], work_dir / "heldout_loss.jsonl")
             log.info("eval: held-out loss %.4f over %d rows (%d assistant tokens)",
                      result["loss"] if result["loss"] is not None else float("nan"), result["rows"], result["tokens"])
