@@ -221,7 +221,17 @@ def test_sft_assistant_only_loss_labels_and_finite_loss(tmp_path, shared_data, t
     assert answer[:20] in text and user[:20] not in text
 
 
-def test_dpo_lora_from_sft_artifact(tmp_path, shared_data, trainers):
+def test_rows_kept_warns_when_trl_drops_rows(caplog):
+    from types import SimpleNamespace
+
+    from deita.training.common import rows_kept
+
+    assert rows_kept(SimpleNamespace(train_dataset=[0] * 8), 8, "rows") == 8 and not caplog.records
+    assert rows_kept(SimpleNamespace(train_dataset=[0] * 5), 8, "preference pairs") == 5
+    assert "dropped 3 of 8 preference pairs" in caplog.text
+
+
+def test_dpo_lora_from_sft_artifact(tmp_path, shared_data, trainers, caplog):
     import torch
 
     from deita.pipeline import run_pipeline
@@ -239,6 +249,10 @@ def test_dpo_lora_from_sft_artifact(tmp_path, shared_data, trainers):
     dpo = manifests["dpo"]
     assert dpo["inputs"]["upstream"]["sft"] == manifests["sft"]["fingerprint"]
     assert dpo["train_pairs"] == 8 and dpo["metrics"]["global_steps"] == 2
+    # at max_length 128, TRL drops the pairs whose prompt alone fills it; the manifest and the log say so
+    assert dpo["trained_pairs"] == len(dpo_trainer.train_dataset) < 8
+    assert f"dropped {8 - dpo['trained_pairs']} of 8 preference pairs" in caplog.text
+    assert manifests["sft"]["trained_rows"] == 8
     assert math.isfinite(dpo["metrics"]["train_loss"])
     assert dpo["gradient_accumulation_steps"] == 2
 
@@ -320,6 +334,7 @@ def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, mon
 # 4. W&B: one offline run per stage, named <recipe>/<overrides>/<stage>, grouped by recipe
 # ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the W&B service start alone takes 5-30 s on the loaded 2-core machine
 def test_wandb_offline_run_name_group_and_config(tmp_path, shared_data, monkeypatch):
     from omegaconf import OmegaConf
     from transformers import TrainerCallback

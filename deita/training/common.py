@@ -160,6 +160,15 @@ def save_final_model(trainer, tokenizer, out_dir: Path, is_main: bool) -> Path:
     return model_dir
 
 
+def rows_kept(trainer, n_rows: int, what: str) -> int:
+    """Rows TRL kept after its own filters (prompt longer than max_length, nothing to learn); warns on a drop."""
+    kept = len(trainer.train_dataset)
+    if kept < n_rows:
+        log.warning("TRL dropped %d of %d %s (prompt fills max_length or no loss tokens); training on %d",
+                    n_rows - kept, n_rows, what, kept)
+    return kept
+
+
 def final_metrics(trainer) -> dict[str, float]:
     """Last train loss and eval loss from the trainer's log history."""
     metrics: dict[str, float] = {}

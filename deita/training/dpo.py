@@ -69,6 +69,7 @@ def run_dpo_stage(cfg: DictConfig, ctx) -> dict:
     with tracked_run(cfg, "dpo", ctx.run_dir):
         trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=tokenizer, peft_config=common.peft_config(node.peft))
+        trained_pairs = common.rows_kept(trainer, len(train_rows), "preference pairs")
         # 4. Train, resuming from the last checkpoint of an interrupted run.
         trainer.train(resume_from_checkpoint=common.last_checkpoint(ctx.work_dir, node.resume))
         metrics = common.final_metrics(trainer)
@@ -82,6 +83,6 @@ def run_dpo_stage(cfg: DictConfig, ctx) -> dict:
                       "preference_sources": [str(s.path) for s in cfg.data.preference], "pairs": len(pairs)}
         common.write_model_card(model_dir, title=f"{cfg.recipe_name} DPO", base_model=sft_model,
                                 stage_cfg=node, provenance=provenance, metrics=metrics)
-    return {"train_pairs": len(train_rows), "eval_pairs": len(eval_rows), "skipped_records": skipped,
-            "metrics": metrics, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+    return {"train_pairs": len(train_rows), "trained_pairs": trained_pairs, "eval_pairs": len(eval_rows),
+            "skipped_records": skipped, "metrics": metrics, "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "distributed_type": str(trainer.accelerator.distributed_type)}

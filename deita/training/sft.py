@@ -47,6 +47,8 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     with tracked_run(cfg, "sft", ctx.run_dir):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=tokenizer, peft_config=common.peft_config(node.peft))
+        # (packed, the dataset holds sequences rather than rows)
+        trained_rows = len(train_rows) if node.packing else common.rows_kept(trainer, len(train_rows), "rows")
         # 4. Train, resuming from the last checkpoint of an interrupted run.
         trainer.train(resume_from_checkpoint=common.last_checkpoint(ctx.work_dir, node.resume))
         metrics = common.final_metrics(trainer)
@@ -65,6 +67,6 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
         }
         common.write_model_card(model_dir, title=f"{cfg.recipe_name} SFT", base_model=cfg.model.name_or_path,
                                 stage_cfg=node, provenance=provenance, metrics=metrics)
-    return {"train_rows": len(train_rows), "eval_rows": len(eval_rows), "metrics": metrics,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+    return {"train_rows": len(train_rows), "trained_rows": trained_rows, "eval_rows": len(eval_rows),
+            "metrics": metrics, "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "distributed_type": str(trainer.accelerator.distributed_type)}
