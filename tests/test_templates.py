@@ -132,10 +132,10 @@ def test_zephyr_and_chatml_rendering():
 
 
 def test_registry_names_and_markers():
-    assert CHAT_TEMPLATES.names() == ["chatml", "tokenizer", "vicuna_v1.1", "zephyr"]
-    for name in ("chatml", "vicuna_v1.1", "zephyr"):
+    assert CHAT_TEMPLATES.names() == ["alpaca", "chatml", "tokenizer", "vicuna_v1.1", "zephyr"]
+    for name in ("alpaca", "chatml", "vicuna_v1.1", "zephyr"):
         assert has_generation_markers(CHAT_TEMPLATES.get(name).jinja)
-    with pytest.raises(KeyError, match="registered: chatml"):
+    with pytest.raises(KeyError, match="registered: alpaca, chatml"):
         CHAT_TEMPLATES.get("vicuna")
 
 
