@@ -84,5 +84,6 @@ def run_dpo_stage(cfg: DictConfig, ctx) -> dict:
         common.write_model_card(model_dir, title=f"{cfg.recipe_name} DPO", base_model=sft_model,
                                 stage_cfg=node, provenance=provenance, metrics=metrics)
     return {"train_pairs": len(train_rows), "trained_pairs": trained_pairs, "eval_pairs": len(eval_rows),
-            "skipped_records": skipped, "metrics": metrics, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "skipped_records": skipped, "metrics": metrics,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "distributed_type": str(trainer.accelerator.distributed_type)}
