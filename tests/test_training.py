@@ -176,6 +176,7 @@ def test_sft_lora_saves_a_merged_model_that_differs_from_base(tmp_path, shared_d
     assert "SFT" in (model_dir / "README.md").read_text()
 
 
+@pytest.mark.slow  # 7-16 s; keeps the default set of this file and test_sweep.py under ~90 s on 2 loaded cores
 def test_sft_packing_packs_rows_and_trains(tmp_path, shared_data, trainers):
     from deita.pipeline import run_pipeline
 
