@@ -27,7 +27,9 @@ def accelerate_command(cfg: DictConfig, overrides: list[str], run_dir: str) -> l
         cmd += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
     cmd += ["--num_processes", str(launch.num_processes), *map(str, launch.extra_args)]
     script = os.path.abspath(sys.argv[0])
-    return cmd + [script, *overrides, f"hydra.run.dir={run_dir}"]
+    # Quoted: run directories contain '=' (e.g. selection.budget=8), which Hydra's parser rejects bare.
+    quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return cmd + [script, *overrides, f"hydra.run.dir={quoted}"]
 
 
 def relaunch(cfg: DictConfig) -> None:

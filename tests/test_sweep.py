@@ -118,11 +118,6 @@ def test_sft_sweep_reports_train_loss_per_budget(tmp_path, shared_data):
         assert float(table[str(budget)]["sft train_loss"]) == round(sft["metrics"]["train_loss"], 4)
 
 
-RELAUNCH_BUG = ("deita.cli.accelerate_command passes hydra.run.dir unquoted; a run dir with '=' (any override) "
-                "fails Hydra's override grammar in the re-launched processes")
-
-
-@pytest.mark.xfail(strict=True, reason=RELAUNCH_BUG)
 def test_relaunch_command_round_trips_overrides_and_run_dir(tmp_path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -142,7 +137,6 @@ def test_relaunch_command_round_trips_overrides_and_run_dir(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=RELAUNCH_BUG)
 def test_num_processes_relaunches_under_accelerate(tmp_path, shared_data):
     args = ["recipe=tiny", "launch.num_processes=2", "launch.extra_args=[--main_process_port,29617]",
             "stages=[select]", "logger=none", "selection.budget=8", *shared_paths(tmp_path, shared_data),
