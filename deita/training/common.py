@@ -160,6 +160,24 @@ def save_final_model(trainer, tokenizer, out_dir: Path, is_main: bool) -> Path:
     return model_dir
 
 
+def stage_arguments(cfg: DictConfig, stage: str, ctx, *, eval_enabled: bool) -> dict[str, Any]:
+    """:func:`trainer_arguments` for stage ``stage`` of ``cfg``: tracking, run name, world size, seed."""
+    from deita.tracking import run_label
+
+    return trainer_arguments(cfg[stage], ctx.work_dir, world_size=ctx.dist.world_size, seed=cfg.seed,
+                             report_to="wandb" if cfg.logger.backend == "wandb" else "none",
+                             run_name=f"{run_label(cfg, ctx.run_dir)}/{stage}", eval_enabled=eval_enabled)
+
+
+def fit(trainer, node: DictConfig, out_dir: Path, *, evaluate: bool) -> dict[str, float]:
+    """Train (resuming from the last checkpoint of an interrupted run), then return the final metrics."""
+    trainer.train(resume_from_checkpoint=last_checkpoint(out_dir, node.resume))
+    metrics = final_metrics(trainer)
+    if evaluate:
+        metrics.update({k: float(v) for k, v in trainer.evaluate().items() if k == "eval_loss"})
+    return metrics
+
+
 def rows_kept(trainer, n_rows: int, what: str) -> int:
     """Rows TRL kept after its own filters (prompt longer than max_length, nothing to learn); warns on a drop."""
     kept = len(trainer.train_dataset)

@@ -42,7 +42,7 @@ def run_dpo_stage(cfg: DictConfig, ctx) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from deita.tracking import run_label, tracked_run
+    from deita.tracking import tracked_run
 
     node = cfg.dpo
     # 1. Data: canonical pairs (prompt / chosen / rejected message lists).
@@ -57,11 +57,8 @@ def run_dpo_stage(cfg: DictConfig, ctx) -> dict:
     model = common.load_model(sft_model, cfg.model, node.peft)
 
     # 3. Trainer.
-    report_to = "wandb" if cfg.logger.backend == "wandb" else "none"
     args = DPOConfig(
-        **common.trainer_arguments(node, ctx.work_dir, world_size=ctx.dist.world_size, seed=cfg.seed,
-                                   report_to=report_to, run_name=f"{run_label(cfg, ctx.run_dir)}/dpo",
-                                   eval_enabled=eval_ds is not None),
+        **common.stage_arguments(cfg, "dpo", ctx, eval_enabled=eval_ds is not None),
         beta=node.beta,
         loss_type=list(node.loss_type),
         precompute_ref_log_probs=node.precompute_ref_log_probs,
@@ -71,10 +68,7 @@ def run_dpo_stage(cfg: DictConfig, ctx) -> dict:
                              processing_class=tokenizer, peft_config=common.peft_config(node.peft))
         trained_pairs = common.rows_kept(trainer, len(train_rows), "preference pairs")
         # 4. Train, resuming from the last checkpoint of an interrupted run.
-        trainer.train(resume_from_checkpoint=common.last_checkpoint(ctx.work_dir, node.resume))
-        metrics = common.final_metrics(trainer)
-        if eval_ds is not None:
-            metrics.update({k: float(v) for k, v in trainer.evaluate().items() if k == "eval_loss"})
+        metrics = common.fit(trainer, node, ctx.work_dir, evaluate=eval_ds is not None)
 
     # 5. Save.
     model_dir = common.save_final_model(trainer, tokenizer, ctx.work_dir, ctx.dist.is_main)

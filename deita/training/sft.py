@@ -21,7 +21,7 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
 
     from deita.data.loading import read_jsonl
     from deita.models.resolve import resolve_model
-    from deita.tracking import run_label, tracked_run
+    from deita.tracking import tracked_run
 
     node = cfg.sft
     # 1. Data: the selection, in selection order, as canonical messages.
@@ -36,11 +36,8 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     model = common.load_model(model_path, cfg.model, node.peft)
 
     # 3. Trainer.
-    report_to = "wandb" if cfg.logger.backend == "wandb" else "none"
     args = SFTConfig(
-        **common.trainer_arguments(node, ctx.work_dir, world_size=ctx.dist.world_size, seed=cfg.seed,
-                                   report_to=report_to, run_name=f"{run_label(cfg, ctx.run_dir)}/sft",
-                                   eval_enabled=eval_ds is not None),
+        **common.stage_arguments(cfg, "sft", ctx, eval_enabled=eval_ds is not None),
         packing=node.packing,
         assistant_only_loss=node.assistant_only_loss,
     )
@@ -50,10 +47,7 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
         # (packed, the dataset holds sequences rather than rows)
         trained_rows = len(train_rows) if node.packing else common.rows_kept(trainer, len(train_rows), "rows")
         # 4. Train, resuming from the last checkpoint of an interrupted run.
-        trainer.train(resume_from_checkpoint=common.last_checkpoint(ctx.work_dir, node.resume))
-        metrics = common.final_metrics(trainer)
-        if eval_ds is not None:
-            metrics.update({k: float(v) for k, v in trainer.evaluate().items() if k == "eval_loss"})
+        metrics = common.fit(trainer, node, ctx.work_dir, evaluate=eval_ds is not None)
 
     # 5. Save the model, tokenizer and a model card that says where the data came from.
     model_dir = common.save_final_model(trainer, tokenizer, ctx.work_dir, ctx.dist.is_main)
