@@ -159,3 +159,76 @@ def test_batch_sizes_do_not_change_sums(llama_like, texts):
     a = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=1, candidate_batch_size=1)
     b = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=5, candidate_batch_size=5)
     assert np.abs(a - b).max() < 1e-4
+
+
+# ------------------------------------------------------------------------------------ fast-path plan
+def test_plan_trims_shares_prefix_and_skips_empty_spans():
+    from deita.selection.nuggets.plan import common_prefix_len, plan_anchors
+    from deita.selection.nuggets.tokens import AnchorTokens
+
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2 and common_prefix_len([]) == 0
+    a = AnchorTokens((1, 2, 3, 4, 5, 6), 3, 6)  # scores 4,5,6 from positions 2,3,4
+    b = AnchorTokens((1, 2, 9, 8), 2, 4)  # scores 9,8 from positions 1,2
+    empty = AnchorTokens((1, 2, 3), 3, 3)  # query fills the window
+    plan = plan_anchors([a, empty, b])
+    assert plan.active == (0, 2)
+    assert plan.prefix == (1,)  # common prefix (1, 2) capped at b.start - 1 = 1: position 1 is scored
+    assert plan.own == ((2, 3, 4, 5), (2, 9))  # last token of each anchor is never an input
+    assert plan.first == (1, 0) and plan.targets == ((4, 5, 6), (9, 8))
+    same = plan_anchors([a, a])
+    assert same.prefix == (1, 2) and same.own == ((3, 4, 5), (3, 4, 5)) and same.first == (0, 0)
+    assert plan_anchors([a, b], share_prefix=False).prefix == ()
+    assert plan_anchors([empty]).active == ()
+    with pytest.raises(ValueError, match="starts at token 0"):
+        plan_anchors([AnchorTokens((1, 2), 0, 2)])
+
+
+def test_length_batches_is_the_optimal_contiguous_split():
+    import itertools
+
+    from deita.selection.nuggets.plan import length_batches
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        lengths = rng.integers(1, 60, size=int(rng.integers(1, 8))).tolist()
+        max_rows, overhead = int(rng.integers(1, 5)), int(rng.integers(0, 80))
+        batches = length_batches(lengths, max_rows, overhead)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(1 <= len(b) <= max_rows for b in batches)
+
+        def cost(bs):
+            return sum(len(b) * max(lengths[i] for i in b) + overhead for b in bs)
+
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        best = min(  # brute force over every contiguous split of the sorted order
+            cost([order[s:e] for s, e in zip((0,) + cuts, cuts + (len(order),))])
+            for r in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), r)
+            if all(e - s <= max_rows for s, e in zip((0,) + cuts, cuts + (len(order),)))
+        )
+        assert cost(batches) == best, (lengths, max_rows, overhead)
+    with pytest.raises(ValueError):
+        length_batches([3], 0)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "clean"])
+def test_fast_path_edge_anchors_equal_oracle(llama_like, texts, mode):
+    """Duplicate anchors (shared prefix reaches the first scored position), a long-query anchor, ragged
+    demonstrations sharing a forward, and a lone anchor: all equal the oracle."""
+    from deita.selection.nuggets import oracle, scoring
+    from deita.selection.nuggets.tokens import encode_anchor, encode_demo, zero_shot_prefix
+
+    tok, model = llama_like
+    a0 = encode_anchor(tok, *texts[1], 200)
+    anchors = [a0, a0, encode_anchor(tok, *texts[-1], 200), encode_anchor(tok, *texts[3], 40)]
+    demos = [encode_demo(tok, f, mode) for _, f in texts[:3]] + [[tok.bos_token_id]]
+    zp = zero_shot_prefix(tok, mode)
+    one_o = oracle.oracle_sums(model, demos, anchors)
+    zero_o = oracle.oracle_sums(model, [zp], anchors)[0]
+    for cb, ab in ((1, 1), (3, 2), (4, 4)):
+        one_f = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=ab, candidate_batch_size=cb)
+        assert np.abs(one_f - one_o).max() < 1e-4, (cb, ab)
+        assert (one_f[:, 2] == 0.0).all()  # long query: not run, scores exactly 0
+    assert np.abs(scoring.zero_shot_sums(model, anchors, zp, batch_size=2) - zero_o).max() < 1e-4
+    single = scoring.one_shot_sums(model, demos[:1], anchors[3:])
+    assert np.abs(single - one_o[:1, 3:]).max() < 1e-4
