@@ -8,13 +8,12 @@ conversation tokenised with the tokenizer's default special tokens (BOS), trunca
 
 from __future__ import annotations
 
+from deita.models.loading import load_causal_lm
 from deita.selection.scorers.batching import (
     final_hidden_states,
     length_sorted_batches,
     model_inputs,
     pad_batch,
-    resolve_device,
-    resolve_dtype,
 )
 
 
@@ -24,17 +23,11 @@ class ClmEmbedder:
     def __init__(self, path: str, *, pooling: str = "last", max_length: int = 2048, batch_size: int = 8,
                  dtype: str = "float32", device: str = "auto", padding_side: str = "right",
                  trust_remote_code: bool = False, show_progress: bool = True):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
         self.path, self.pooling, self.padding_side = str(path), pooling, padding_side
         self.max_length, self.batch_size, self.show_progress = int(max_length), int(batch_size), show_progress
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
-        )
-        self.model.to(resolve_device(device)).eval()
+        self.tokenizer, self.model = load_causal_lm(self.path, dtype, device, trust_remote_code)
         self.device = next(self.model.parameters()).device
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.unk_token_id

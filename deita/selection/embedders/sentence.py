@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deita.selection.scorers.batching import resolve_device
+from deita.models.loading import resolve_device
 
 
 class SentenceEmbedder:

@@ -153,7 +153,7 @@ class DeitaSelector(Selector):
         import numpy as np
 
         from deita.selection.filters import greedy_diverse, score_order
-        from deita.selection.scorers.batching import resolve_device
+        from deita.models.loading import resolve_device
 
         cfg, timings = self.cfg, {}
         t0 = time.perf_counter()

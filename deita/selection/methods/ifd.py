@@ -66,24 +66,19 @@ class SuperfilterSelectionConfig(IfdSelectionConfig):
 
 def ifd_table(rows: list[dict], cfg, ctx) -> dict[str, list[float]]:
     """Per-row conditional and direct mean losses and IFD, sharded over processes and cached by content."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from deita.distributed import map_sharded
     from deita.fingerprint import model_identity
+    from deita.models.loading import load_causal_lm
     from deita.selection import perplexity as P
     from deita.selection.nuggets.prompts import row_fields
     from deita.selection.nuggets.scoring import pad_id_of
-    from deita.selection.scorers.batching import resolve_device, resolve_dtype
 
     path = ctx.model_resolver(cfg.model)
     key = {"data": ctx.data_fingerprint, "model": model_identity(path), "prompt": cfg.prompt,
            "max_length": cfg.max_length, "direct": cfg.direct, "dtype": cfg.dtype}
 
     def compute():
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(cfg.dtype),
-                                                     trust_remote_code=cfg.trust_remote_code)
-        model.to(resolve_device(cfg.device)).eval()
+        tok, model = load_causal_lm(path, cfg.dtype, cfg.device, cfg.trust_remote_code)
 
         def shard(part: list[int]) -> list[list[float]]:
             seqs = []

@@ -136,7 +136,7 @@ class NuggetsSelector(Selector):
         if cfg.diversity and accepted:
             from deita.selection.embedders import EMBEDDERS
             from deita.selection.embedders.render import render_rows
-            from deita.selection.scorers.batching import resolve_device
+            from deita.models.loading import resolve_device
 
             path = ctx.model_resolver(cfg.diversity_model or cfg.model)
             emb = EMBEDDERS.get(cfg.diversity_embedder)(path).embed_texts(

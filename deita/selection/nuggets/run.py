@@ -22,16 +22,11 @@ def _scoring_key(cfg) -> dict:
 def load_scoring_model(path: str, cfg):
     """Tokenizer and model in eval mode on the configured device; faithful mode adds the reference ``[PAD]``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from deita.models.loading import load_causal_lm
     from deita.selection.nuggets.tokens import add_reference_pad
-    from deita.selection.scorers.batching import resolve_device, resolve_dtype
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=resolve_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-    )
-    model.to(resolve_device(cfg.device)).eval()
+    tok, model = load_causal_lm(path, cfg.dtype, cfg.device, cfg.trust_remote_code)
     if cfg.mode == "faithful":
         add_reference_pad(model, tok)
     torch.set_grad_enabled(False)

@@ -91,25 +91,4 @@ def final_hidden_states(model, input_ids, attention_mask=None, position_ids=None
     return out.last_hidden_state
 
 
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible (the local one under a multi-process launch), else 'cpu'."""
-    import os
 
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
-
-
-def resolve_dtype(dtype: str):
-    """torch dtype from its config name: float32, bfloat16, float16."""
-    import torch
-
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
-    return table[dtype]

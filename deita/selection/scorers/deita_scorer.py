@@ -7,6 +7,7 @@ generated position's logits under greedy decoding, which applies no logits proce
 
 from __future__ import annotations
 
+from deita.models.loading import load_causal_lm
 import logging
 import math
 from dataclasses import dataclass, field
@@ -16,8 +17,6 @@ from deita.selection.scorers.batching import (
     length_sorted_batches,
     model_inputs,
     pad_batch,
-    resolve_device,
-    resolve_dtype,
 )
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score
 from deita.selection.scorers.truncation import PromptTooLongError, encode_scorer_prompt
@@ -39,16 +38,6 @@ class ScoreBatchResult:
     scores: list[float]
     truncated: list[bool]
     errors: list[str] = field(default_factory=list)
-
-
-def load_causal_lm(path: str, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False):
-    """Tokenizer and causal LM from ``path`` in eval mode on ``device`` (``auto``: cuda if available)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
-    model.to(resolve_device(device)).eval()
-    return tok, model
 
 
 def _check_generation_config(model, path: str) -> None:
