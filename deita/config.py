@@ -224,7 +224,10 @@ class SelectionModels:
     deita_quality: str = "hkust-nlp/deita-quality-scorer"
     """DEITA quality scorer."""
     embedder: str = "mistralai/Mistral-7B-v0.1"
-    """Model whose last-token hidden state embeds conversations for the diversity filter."""
+    """Model that embeds conversations for the diversity filter."""
+    embedder_kind: str = "clm_last"
+    """How ``embedder`` embeds: clm_last (reference: last real token's final hidden state), clm_mean,
+    or sentence_transformers (e.g. ``packaged:minilm``)."""
     nuggets: str = "huggyllama/llama-7b"
     """Nuggets scoring model (LLaMA-1-7B in the paper)."""
     ifd: str = "huggyllama/llama-7b"
