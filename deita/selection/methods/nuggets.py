@@ -66,8 +66,9 @@ class NuggetsSelectionConfig(SelectionConfig):
     """Passed to from_pretrained; never on by default."""
     anchor_batch_size: int = 32
     """Anchors per one-shot forward (results do not depend on it)."""
-    candidate_batch_size: int = 4
-    """Candidates per one-shot forward; rows = candidates x anchors (results do not depend on it)."""
+    candidate_batch_size: int = 1
+    """Candidates per one-shot forward (results do not depend on it). 1 is fastest on CPU: several need
+    right-padded demonstrations, hence a padding mask and K/V copies (benchmarks/results/nuggets.md)."""
     zero_shot_batch_size: int = 16
     """Anchors per zero-shot forward."""
     threshold: Optional[float] = 0.85
