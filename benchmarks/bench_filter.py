@@ -252,7 +252,7 @@ def main(argv=None):
         "- floor: one fp32 matmul of the normalised *scanned* candidates (N_scanned x D) against the final kept "
         "set (D x K) with a row max; not a strict bound (the greedy needs about half these dot products, "
         "but sequentially).",
-        f"- complete run: the reference ran to the end; identical = same kept rows in the same order.",
+        "- complete run: the reference ran to the end; identical = same kept rows in the same order.",
         f"- full run: the reference was timed on its first {full['ref_steps_timed']} steps "
         f"({full['ref_timed']:.1f} s; its selection on those steps is identical to ours: "
         f"{'yes' if full['identical'] else 'NO'}) plus {a.probe_reps} steps at each of {a.probes} larger kept-set "

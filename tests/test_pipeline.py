@@ -4,7 +4,6 @@ atomic finalize (a crash leaves no finished-looking artifact), manifests that re
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -55,7 +55,6 @@ class SelectionContext:
     dist: Any
     data_fingerprint: str
     model_resolver: Callable[[Any], str]
-    cache_root: Optional[str] = None
 
 
 class Selector:

@@ -20,7 +20,7 @@ from deita.selection.base import SELECTORS, SelectionContext, SelectionResult
 log = logging.getLogger(__name__)
 
 
-def load_pool(sources, dist_is_main: bool = True) -> tuple[list[dict], dict]:
+def load_pool(sources) -> tuple[list[dict], dict]:
     """Load and concatenate the pool sources into canonical rows; ids must be unique across sources."""
     from deita.data.loading import load_rows
 
@@ -87,7 +87,6 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
         dist=ctx.dist,
         data_fingerprint=hash_rows(rows),
         model_resolver=lambda ref: resolve_model(ref, cfg.paths.cache_dir),
-        cache_root=str(cfg.paths.cache_dir),
     )
     if ctx.dist.is_main:
         log.info("select: %d pool rows, method %s, budget %s", len(rows), sel_cfg.method, sel_cfg.budget)
