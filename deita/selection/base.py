@@ -8,7 +8,7 @@ pool row (its scores) and the pool positions it keeps, in selection order. The s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from deita.registry import Registry
 
