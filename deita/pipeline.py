@@ -56,6 +56,16 @@ class Stage:
     config_keys: tuple[str, ...]
     data_sources: Callable[[DictConfig], list]
     run: Callable[[DictConfig, StageContext], dict]
+    model_refs: Callable[[DictConfig], list] = lambda cfg: []
+
+
+def _selection_model_refs(cfg: DictConfig) -> list[str]:
+    """Model references the selection method reads (from its config)."""
+    from deita.selection.base import SELECTORS
+    from deita.selection.methods import load_all
+
+    load_all()
+    return [ref for _, ref, _ in SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(0, 0.0)]
 
 
 def _run_select(cfg, ctx):
@@ -83,8 +93,10 @@ def _run_eval(cfg, ctx):
 
 
 STAGES: dict[str, Stage] = {
-    "select": Stage("select", (), ("selection", "data.pool"), lambda c: list(c.data.pool), _run_select),
-    "sft": Stage("sft", ("select",), ("model", "sft", "seed"), lambda c: [], _run_sft),
+    "select": Stage("select", (), ("selection", "data.pool"), lambda c: list(c.data.pool), _run_select,
+                    _selection_model_refs),
+    "sft": Stage("sft", ("select",), ("model", "sft", "seed"), lambda c: [], _run_sft,
+                 lambda c: [c.model.name_or_path]),
     "dpo": Stage("dpo", ("sft",), ("dpo", "data.preference", "data.preference_sample", "data.sample_seed", "seed"),
                  lambda c: list(c.data.preference), _run_dpo),
     "eval": Stage("eval", ("sft",), ("eval", "data.eval_prompts"), lambda c: list(c.data.eval_prompts), _run_eval),
@@ -101,6 +113,16 @@ def source_fingerprint(source: Any) -> dict:
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return {"dir": path.name, "sha256": hash_json([[str(p.relative_to(path)), hash_file(p)] for p in files]), **options}
     return {"hub": str(source.path), **options}
+
+
+def model_fingerprint(ref: str) -> Any:
+    """A local model folder by content (config, tokenizer, weight sizes and bytes); anything else by name.
+
+    ``tiny:`` and ``packaged:`` references build deterministically, so their name identifies them.
+    """
+    from deita.fingerprint import model_identity
+
+    return model_identity(ref) if Path(str(ref)).is_dir() else str(ref)
 
 
 def package_versions() -> dict[str, str]:
@@ -146,6 +168,7 @@ def stage_inputs(cfg: DictConfig, stage: Stage, upstream_manifests: dict[str, di
         "stage": stage.name,
         "config": select_subtrees(cfg, stage.config_keys),
         "data": [source_fingerprint(s) for s in stage.data_sources(cfg)],
+        "models": {str(ref): model_fingerprint(ref) for ref in stage.model_refs(cfg)},
         "upstream": {name: m["fingerprint"] for name, m in sorted(upstream_manifests.items())},
     }
 

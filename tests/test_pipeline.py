@@ -113,3 +113,18 @@ def test_stage_without_its_upstream_is_an_error(fake_stages, tmp_path):
     pool.write_text("[]")
     with pytest.raises(RuntimeError, match="stage 'sft' needs the output of stage 'select'"):
         pipeline.run_pipeline(_cfg(tmp_path, pool, "stages=[sft]"), tmp_path / "run")
+
+
+def test_select_fingerprint_follows_a_local_scorer_models_content(tmp_path):
+    model_dir = tmp_path / "my-scorer"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"hidden_size": 8}')
+    pool = tmp_path / "pool.json"
+    pool.write_text("[]")
+    cfg = _cfg(tmp_path, pool, "selection=deita", f"selection_models.deita_complexity={model_dir}")
+    stage = pipeline.STAGES["select"]
+    before = pipeline.stage_inputs(cfg, stage, {})
+    assert str(model_dir) in before["models"] and "hkust-nlp/deita-quality-scorer" in before["models"]
+    (model_dir / "config.json").write_text('{"hidden_size": 16}')  # retrained in place, same path
+    after = pipeline.stage_inputs(cfg, stage, {})
+    assert pipeline.hash_json(after) != pipeline.hash_json(before)
