@@ -124,7 +124,7 @@ def test_select_fingerprint_follows_a_local_scorer_models_content(tmp_path):
     cfg = _cfg(tmp_path, pool, "selection=deita", f"selection_models.deita_complexity={model_dir}")
     stage = pipeline.STAGES["select"]
     before = pipeline.stage_inputs(cfg, stage, {})
-    assert str(model_dir) in before["models"] and "hkust-nlp/deita-quality-scorer" in before["models"]
+    assert before["models"][str(model_dir)]["config.json"] and before["models"]["tiny:llama"] == "tiny:llama"
     (model_dir / "config.json").write_text('{"hidden_size": 16}')  # retrained in place, same path
     after = pipeline.stage_inputs(cfg, stage, {})
     assert pipeline.hash_json(after) != pipeline.hash_json(before)
