@@ -258,3 +258,15 @@ def test_bad_arguments():
         load_rows("x.json", fmt="alpacca")
     with pytest.raises(ValueError, match="format 'hh' yields preference rows, but kind='sft' was asked for"):
         load_rows("x.json", "sft", fmt="hh")
+
+
+def test_sharegpt_deita_drops_a_leading_assistant_message_like_the_reference(tmp_path):
+    from deita.data.loading import load_rows
+
+    path = tmp_path / "scraped.json"
+    path.write_text(json.dumps([{"id": "c1", "conversations": [
+        {"from": "gpt", "value": "Hi! How can I help?"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]))
+    rows = load_rows(str(path), kind="sft", fmt="sharegpt_deita").rows
+    assert rows == [{"id": "c1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    with pytest.raises(DataError, match=r"field 'conversations\[0\]\.from': expected a user turn"):
+        load_rows(str(path), kind="sft", fmt="sharegpt")

@@ -272,7 +272,8 @@ def test_sharegpt_accepts_user_assistant_and_a_trailing_user_turn(tmp_path):
 def test_detection_and_registry():
     assert set(FORMATS.names()) == set(DETECTION_ORDER) == {
         "alpaca", "sharegpt", "openai", "self_instruct", "preference", "hh", "llamafactory_preference",
-        "mt_bench", "mt_bench_reference", "alpaca_eval"}
+        "mt_bench", "mt_bench_reference", "alpaca_eval", "sharegpt_deita"}
+    assert not FORMATS.get("sharegpt_deita").matches({"conversations": []})  # opt-in only, never detected
     cases = {
         "alpaca": {"instruction": "i", "output": "o"},
         "sharegpt": {"conversations": []},

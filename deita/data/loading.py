@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from deita.data.errors import DataError, expected
+from deita.data import formats_reference  # noqa: F401  (registers the opt-in reference formats)
 from deita.data.formats import FORMATS, KINDS, Format, detect_format, normalise_record
 from deita.distributed import env_dist
 from deita.fingerprint import hash_rows
