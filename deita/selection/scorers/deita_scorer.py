@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from deita.selection.scorers.batching import (
     final_hidden_states,
     length_sorted_batches,
+    tokens_per_batch,
     model_inputs,
     pad_batch,
 )
@@ -87,7 +88,7 @@ class DeitaScorer:
         from tqdm.auto import tqdm
 
         out = [math.nan] * len(seqs)
-        batches = length_sorted_batches([len(s) for s in seqs], self.max_tokens_per_batch)
+        batches = length_sorted_batches([len(s) for s in seqs], tokens_per_batch(self.max_tokens_per_batch, self.device))
         head = self.model.get_output_embeddings()
         bar = tqdm(batches, desc=f"{self.kind} scores", disable=not self.show_progress or len(batches) < 2)
         with torch.inference_mode():
