@@ -91,7 +91,6 @@ def test_deepspeed_json_validates_with_deepspeed(name):
     assert int(parsed.stage) == zero["stage"]
 
 
-@pytest.mark.slow  # three Python processes importing torch: ~8 s idle, 20 s on a busy 2-core machine
 def test_cpu_yaml_gives_two_gloo_ranks(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(textwrap.dedent("""

@@ -49,7 +49,6 @@ def _run(cmd, env):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-@pytest.mark.slow
 def test_world_size_1_and_2_identical(tiny_llama, tmp_path):
     script = tmp_path / "shard.py"
     script.write_text(SCRIPT)

@@ -47,7 +47,6 @@ def _rows(n=30):
     return rows
 
 
-@pytest.mark.slow
 def test_two_process_scores_and_embeddings_equal_one_process(tmp_path, tiny_llama):
     accelerate = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
     if not os.path.exists(accelerate):

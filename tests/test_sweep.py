@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
 
 from deita.sweep import collect_rows, format_table, varying_overrides
 from tests.helpers import run_train, shared_paths
@@ -100,7 +99,6 @@ def test_budget_sweep_scores_and_embeds_once(tmp_path, shared_data):
             for r in table] == [("8", "8", "0", "3"), ("16", "16", "3", "0"), ("24", "24", "3", "0")]
 
 
-@pytest.mark.slow
 def test_sft_sweep_reports_train_loss_per_budget(tmp_path, shared_data):
     args = ["-m", "recipe=tiny", "selection.budget=8,16", "stages=[select,sft]", "logger=none",
             *shared_paths(tmp_path, shared_data), _pool(shared_data, 40), "sft.max_length=128",
@@ -136,7 +134,6 @@ def test_relaunch_command_round_trips_overrides_and_run_dir(tmp_path):
     assert parsed[-1].key_or_group == "hydra.run.dir" and parsed[-1].value() == run_dir
 
 
-@pytest.mark.slow
 def test_num_processes_relaunches_under_accelerate(tmp_path, shared_data):
     args = ["recipe=tiny", "launch.num_processes=2", "launch.extra_args=[--main_process_port,29617]",
             "stages=[select]", "logger=none", "selection.budget=8", *shared_paths(tmp_path, shared_data),

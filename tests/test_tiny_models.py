@@ -30,3 +30,17 @@ def test_unknown_arch_is_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="arch must be one of"):
         build_tiny_model(tmp_path / "x", "gpt2")
+
+
+def test_tiny_model_is_complete_when_built_on_a_non_zero_rank(tmp_path, monkeypatch):
+    """Each rank of a launch builds a missing tiny model; HF's save_pretrained writes no weights on rank 1,
+    and a rank-1 folder that won the rename race once left SFT without a config.json."""
+    from transformers import PreTrainedModel
+
+    from deita.models.tiny import build_tiny_model
+
+    hf_globals = PreTrainedModel.should_save_on_this_rank.__globals__
+    monkeypatch.setitem(hf_globals, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setitem(hf_globals, "_get_torch_distributed_rank", lambda: 1)
+    path = build_tiny_model(tmp_path / "rank1", "llama")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in path.iterdir()}

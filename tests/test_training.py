@@ -176,7 +176,6 @@ def test_sft_lora_saves_a_merged_model_that_differs_from_base(tmp_path, shared_d
     assert "SFT" in (model_dir / "README.md").read_text()
 
 
-@pytest.mark.slow  # 7-16 s; keeps the default set of this file and test_sweep.py under ~90 s on 2 loaded cores
 def test_sft_packing_packs_rows_and_trains(tmp_path, shared_data, trainers):
     from deita.pipeline import run_pipeline
 
@@ -335,7 +334,6 @@ def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, mon
 # 4. W&B: one offline run per stage, named <recipe>/<overrides>/<stage>, grouped by recipe
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # the W&B service start alone takes 5-30 s on the loaded 2-core machine
 def test_wandb_offline_run_name_group_and_config(tmp_path, shared_data, monkeypatch):
     from omegaconf import OmegaConf
     from transformers import TrainerCallback

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deita.models.tiny import TINY_ARCHS, ensure_tiny_model
+from deita.models.tiny import TINY_ARCHS, ensure_tiny_model, save_model_files
 
 PACKAGED = ("smollm2", "minilm")
 
@@ -75,7 +75,7 @@ def ensure_smollm2(out_dir: Path) -> Path:
     model.load_state_dict(loaded.state_dict())
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(tmp)
+    save_model_files(model, tmp)
     tok.save_pretrained(tmp)
     try:
         os.replace(tmp, out_dir)

@@ -87,6 +87,21 @@ def build_tiny_tokenizer(vocab_size: int = 1024, seed: int = 0):
     return tok
 
 
+def save_model_files(model, out_dir: Path) -> None:
+    """Write config, generation config and safetensors weights of ``model`` into ``out_dir`` on ANY rank.
+
+    ``PreTrainedModel.save_pretrained`` writes nothing on a non-zero rank once a process group exists, so
+    a model built on rank 1 (each rank builds its own copy of a missing offline model) would lose the race
+    with an empty folder. Shared (tied) tensors are written once, as ``save_pretrained`` does.
+    """
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(out_dir)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out_dir)
+    save_model(model, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
 def build_tiny_model(
     out_dir: str | os.PathLike,
     arch: str = "llama",
@@ -128,7 +143,7 @@ def build_tiny_model(
         model = MistralForCausalLM(MistralConfig(sliding_window=4096, **common))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(tmp)
+    save_model_files(model, tmp)
     tok.save_pretrained(tmp)
     (tmp / "deita_tiny.json").write_text(json.dumps({"arch": arch, "seed": seed, "hidden_size": hidden_size}))
     try:
