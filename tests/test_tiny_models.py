@@ -44,3 +44,9 @@ def test_tiny_model_is_complete_when_built_on_a_non_zero_rank(tmp_path, monkeypa
     monkeypatch.setitem(hf_globals, "_get_torch_distributed_rank", lambda: 1)
     path = build_tiny_model(tmp_path / "rank1", "llama")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in path.iterdir()}
+
+
+def test_tiny_model_config_records_its_architecture(tiny_mistral):
+    import json
+
+    assert json.loads((tiny_mistral / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]

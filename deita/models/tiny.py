@@ -96,6 +96,7 @@ def save_model_files(model, out_dir: Path) -> None:
     """
     from safetensors.torch import save_model
 
+    model.config.architectures = [type(model).__name__]  # what save_pretrained records; loaders read it
     model.config.save_pretrained(out_dir)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out_dir)
