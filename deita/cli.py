@@ -79,6 +79,12 @@ def _run(cfg: DictConfig) -> None:
     if cfg.launch.num_processes > 1 and not under_launcher():
         relaunch(cfg)
         return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from deita.distributed import shutdown
     from deita.pipeline import run_pipeline
 
     run_pipeline(cfg)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
+        shutdown()  # a multirun inside a launcher would reuse the group for its next job

@@ -65,6 +65,19 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+def shutdown() -> None:
+    """Wait for every process, then tear the process group down (no-op in a single process).
+
+    Exiting with the group alive can abort a process at interpreter exit ("terminate called without an
+    active exception") and fail a run that finished its work.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every process (no-op in a single process)."""
     import torch.distributed as dist

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from deita.cache import ContentCache
-    from deita.distributed import init_distributed
+    from deita.distributed import init_distributed, shutdown
     from deita.selection.base import SELECTORS, SelectionContext
     from deita.selection.methods import load_all
 
@@ -40,6 +40,7 @@ SCRIPT = textwrap.dedent(
     if dist.is_main:
         json.dump({"world": dist.world_size, "gs": res.table["golden_score"], "order": res.order,
                    "ifd": res2.table["ifd"], "order2": res2.order}, open(out, "w"))
+    shutdown()
     """
 )
 

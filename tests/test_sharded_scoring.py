@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from deita.distributed import init_distributed
+    from deita.distributed import init_distributed, shutdown
     from deita.selection.scorers.pool import score_pool
     from deita.selection.embedders.pool import embed_pool
 
@@ -32,6 +32,7 @@ SCRIPT = textwrap.dedent(
     if info.rank == 0:
         json.dump({"cols": cols, "world_size": info.world_size}, open(out_dir + "/scores.json", "w"))
         np.save(out_dir + "/emb.npy", emb)
+    shutdown()
     """
 )
 
