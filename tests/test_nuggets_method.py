@@ -1,0 +1,47 @@
+"""The nuggets method end to end on the tiny model: anchors from a file, then the diversity filter."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def _rows(n=10):
+    words = ["data", "code", "story", "poem", "email", "sort", "number", "text", "answer", "list"]
+    return [{"id": str(i), "messages": [{"role": "user", "content": f"Write a {w} for case {i}"},
+                                        {"role": "assistant", "content": f"Here is the {w}: one two {i * 3}"}]}
+            for i, w in enumerate(words[:n])]
+
+
+def test_file_anchors_and_diversity_filter(tmp_path, tiny_llama):
+    from deita.cache import ContentCache
+    from deita.distributed import DistInfo
+    from deita.selection.base import SELECTORS, SelectionContext
+    from deita.selection.embedders import EMBEDDERS
+    from deita.selection.embedders.render import render_rows
+    from deita.selection.filters import greedy_diverse_naive
+    from deita.selection.methods import load_all
+
+    load_all()
+    anchors = tmp_path / "anchors.json"
+    anchors.write_text(json.dumps([{"instruction": f"Say {w}", "output": f"{w} {w}"} for w in ("yes", "no", "maybe")]))
+    rows = _rows()
+    ctx = SelectionContext(cache=ContentCache(tmp_path / "cache"), dist=DistInfo(), data_fingerprint="fp",
+                           model_resolver=lambda ref: str(tiny_llama))
+    nuggets = SELECTORS.get("nuggets")
+    cfg = nuggets.config_class(model="tiny", mode="clean", anchor_max_length=48, threshold=None, top_k=6,
+                               diversity=True, tau=0.995, diversity_embedder="clm_mean")
+    cfg.anchors.method, cfg.anchors.path = "file", str(anchors)
+    result = nuggets(cfg).select(rows, ctx)
+
+    assert result.report["anchors"] == 3 and not any(result.table["is_anchor"])  # file anchors are not pool rows
+    gs = np.asarray(result.table["golden_score"])
+    assert set(np.round(gs * 3, 6)) <= {0.0, 1.0, 2.0, 3.0}  # fractions of 3 anchors
+    accepted = sorted(range(len(rows)), key=lambda i: (-gs[i], i))[:6]  # top_k by GS, ties by index
+    emb = EMBEDDERS.get("clm_mean")(str(tiny_llama)).embed_texts(render_rows([rows[i] for i in accepted], "vicuna_v1.1"))
+    expected = [accepted[j] for j in greedy_diverse_naive(emb, np.arange(6), tau=0.995, budget=-1)]
+    assert result.order == expected
+    assert result.report["accepted_by_rule"] == 6
+    assert result.report["rejected_by_tau"] == 6 - len(expected)
+    assert 0 < len(expected) < 6  # the filter really rejected some rows at this tau
