@@ -135,13 +135,14 @@ class NuggetsSelector(Selector):
         report = {"accepted_by_rule": len(accepted), "anchors": len(res["zero"]),
                   "anchors_never_scored": int(sum(n == 0 for n in res["anchor_scored_tokens"]))}
         if cfg.diversity and accepted:
-            from deita.selection.embedders import EMBEDDERS
-            from deita.selection.embedders.render import render_rows
+            from deita.fingerprint import hash_rows
             from deita.models.loading import resolve_device
+            from deita.selection.embedders.pool import embed_pool
 
-            path = ctx.model_resolver(cfg.diversity_model or cfg.model)
-            emb = EMBEDDERS.get(cfg.diversity_embedder)(path).embed_texts(
-                render_rows([rows[i] for i in accepted], "vicuna_v1.1"))
+            subset = [rows[i] for i in accepted]  # sharded across processes and cached, as DEITA's embeddings
+            emb = embed_pool(subset, cfg.diversity_embedder, ctx.model_resolver(cfg.diversity_model or cfg.model),
+                             cache=ctx.cache, data_fingerprint=hash_rows(subset), dist_info=ctx.dist,
+                             dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
             kept = greedy_diverse(emb, np.arange(len(accepted)), tau=cfg.tau, budget=cfg.budget,
                                   device=resolve_device(cfg.device), progress=ctx.dist.is_main)
             order = [accepted[j] for j in kept.kept.tolist()]
