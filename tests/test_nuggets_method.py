@@ -45,3 +45,15 @@ def test_file_anchors_and_diversity_filter(tmp_path, tiny_llama):
     assert result.report["accepted_by_rule"] == 6
     assert result.report["rejected_by_tau"] == 6 - len(expected)
     assert 0 < len(expected) < 6  # the filter really rejected some rows at this tau
+
+
+def test_scoring_leaves_gradients_on_for_the_process(tmp_path, tiny_llama):
+    """Selection runs in the same process as training: it must not switch autograd off globally."""
+    import torch
+
+    from deita.selection.nuggets.run import load_scoring_model
+    from deita.selection.methods.nuggets import NuggetsSelectionConfig
+
+    _, model = load_scoring_model(str(tiny_llama), NuggetsSelectionConfig(model="tiny", mode="clean"))
+    assert torch.is_grad_enabled()
+    assert not any(p.requires_grad for p in model.parameters())

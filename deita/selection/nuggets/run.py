@@ -21,7 +21,6 @@ def _scoring_key(cfg) -> dict:
 
 def load_scoring_model(path: str, cfg):
     """Tokenizer and model in eval mode on the configured device; faithful mode adds the reference ``[PAD]``."""
-    import torch
 
     from deita.models.loading import load_causal_lm
     from deita.selection.nuggets.tokens import add_reference_pad
@@ -29,7 +28,7 @@ def load_scoring_model(path: str, cfg):
     tok, model = load_causal_lm(path, cfg.dtype, cfg.device, cfg.trust_remote_code)
     if cfg.mode == "faithful":
         add_reference_pad(model, tok)
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)  # no autograd graph, without switching gradients off for the whole process
     return tok, model
 
 
