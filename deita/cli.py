@@ -85,6 +85,10 @@ def _run(cfg: DictConfig) -> None:
     from deita.distributed import shutdown
     from deita.pipeline import run_pipeline
 
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        log.warning("`accelerate launch train.py -m` makes every rank walk the whole sweep in lockstep; "
+                    "prefer `python train.py -m ... launch.num_processes=N`, which launches each point on its own")
     run_pipeline(cfg)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
         shutdown()  # a multirun inside a launcher would reuse the group for its next job
