@@ -97,15 +97,6 @@ def gather_concat(part: list[Any]) -> list[Any]:
     return [x for p in parts for x in p]
 
 
-def broadcast(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def map_sharded(items: list[Any], fn, dist_info: DistInfo | None = None) -> list[Any]:
