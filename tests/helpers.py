@@ -11,6 +11,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.yaml"))
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now: parallel test runs (other sessions, worktrees) must not share
+    a fixed rendezvous port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def compose_config(overrides: list[str]):
     """Compose ``conf/config.yaml`` with ``overrides`` (Hydra's runtime fields set, as under @hydra.main)."""
     from hydra import compose, initialize_config_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.helpers import run_train, shared_paths
+from tests.helpers import free_port, run_train, shared_paths
 
 SMALL = ["selection.budget=32", "sft.max_length=128", "dpo.max_length=128"]
 
@@ -57,7 +57,7 @@ def test_tiny_recipe_end_to_end_then_skips(tmp_path, shared_data):
 
 def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     args = ["recipe=tiny", "logger=none", *shared_paths(tmp_path, shared_data), *SMALL, _small_preference(shared_data)]
     result = run_train(args, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-4000:]

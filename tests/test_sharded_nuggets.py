@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from tests.helpers import free_port
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -59,7 +61,7 @@ def test_world_size_1_and_2_identical(tiny_llama, tmp_path):
     _run([sys.executable, str(script), str(tiny_llama), str(one), str(tmp_path / "c1")], env)
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          str(script), str(tiny_llama), str(two), str(tmp_path / "c2")], env)
+          "--main_process_port", str(free_port()), str(script), str(tiny_llama), str(two), str(tmp_path / "c2")], env)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["world"] == 1 and b["world"] == 2
     assert a["gs"] == b["gs"] and a["order"] == b["order"] and len(a["order"]) == 4

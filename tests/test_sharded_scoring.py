@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from tests.helpers import free_port
 
 SCRIPT = textwrap.dedent(
     """
@@ -59,9 +60,7 @@ def test_two_process_scores_and_embeddings_equal_one_process(tmp_path, tiny_llam
     rows = _rows()
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     (tmp_path / "run.py").write_text(SCRIPT)
-    with socket.socket() as sock:  # a free port: parallel sessions may hold the default 29500
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # parallel sessions may hold the default 29500
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(tmp_path / "run.py"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from deita.sweep import collect_rows, format_table, varying_overrides
-from tests.helpers import run_train, shared_paths
+from tests.helpers import free_port, run_train, shared_paths
 
 ALPACA = "instruct/llamafactory_alpaca_en_demo.json"
 
@@ -135,7 +135,7 @@ def test_relaunch_command_round_trips_overrides_and_run_dir(tmp_path):
 
 
 def test_num_processes_relaunches_under_accelerate(tmp_path, shared_data):
-    args = ["recipe=tiny", "launch.num_processes=2", "launch.extra_args=[--main_process_port,29617]",
+    args = ["recipe=tiny", "launch.num_processes=2", f"launch.extra_args=[--main_process_port,{free_port()}]",
             "stages=[select]", "logger=none", "selection.budget=8", *shared_paths(tmp_path, shared_data),
             _pool(shared_data, 24)]
     result = run_train(args)  # no ACCELERATE_USE_CPU here: the CLI must set it for the CPU re-launch
