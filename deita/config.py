@@ -49,7 +49,8 @@ class DataSource:
     limit: Optional[int] = None
     """Read only the first ``limit`` usable records (null: all)."""
     on_error: str = "raise"
-    """A malformed record stops the run ('raise') or is skipped and counted ('skip')."""
+    """A malformed record, or one that would train nothing (no assistant turn, chosen == rejected, a blank
+    prompt), stops the run ('raise') or is skipped and counted ('skip'). An unreadable file always stops it."""
     approx_rows: Optional[int] = None
     """Row count plan mode assumes when it cannot read the source offline (hub datasets)."""
     approx_tokens_per_row: Optional[int] = None

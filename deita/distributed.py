@@ -7,6 +7,7 @@ gives exactly the output of world size 1.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,26 +72,33 @@ def shutdown() -> None:
     Exiting with the group alive can abort a process at interpreter exit ("terminate called without an
     active exception") and fail a run that finished its work.
     """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = _active_group()
+    if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    """Wait for every process (no-op in a single process)."""
+def _active_group():
+    """``torch.distributed`` when a process group is up, else None. Where nothing imported it, no group
+    can exist: answer without importing torch (seconds), so an early error exits fast."""
+    if "torch.distributed" not in sys.modules:
+        return None
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    dist = _active_group()
+    if dist is not None:
         dist.barrier()
 
 
 def gather_concat(part: list[Any]) -> list[Any]:
     """Concatenate every rank's list in rank order; every rank gets the whole list."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    dist = _active_group()
+    if dist is None or dist.get_world_size() == 1:
         return list(part)
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, list(part))

@@ -105,13 +105,16 @@ STAGES: dict[str, Stage] = {
 
 def source_fingerprint(source: Any) -> dict:
     """Identify a data source by content: file bytes for local files and folders, the name for hub data."""
+    from deita.data.errors import reading
+
     path = Path(str(source.path))
     options = {k: source[k] for k in source if k != "path"}
-    if path.is_file():
-        return {"file": path.name, "sha256": hash_file(path), **options}
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return {"dir": path.name, "sha256": hash_json([[str(p.relative_to(path)), hash_file(p)] for p in files]), **options}
+    with reading(str(path)):  # an unreadable file is a data error (one line naming it), not a traceback
+        if path.is_file():
+            return {"file": path.name, "sha256": hash_file(path), **options}
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            return {"dir": path.name, "sha256": hash_json([[str(p.relative_to(path)), hash_file(p)] for p in files]), **options}
     return {"hub": str(source.path), **options}
 
 

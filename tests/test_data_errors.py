@@ -5,11 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from deita.data.errors import MISSING, DataError, describe, expected
 from deita.data.loading import load_rows, read_jsonl
+from tests.helpers import run_train
 
 
 def test_str_has_parts_in_fixed_order():
@@ -79,7 +84,8 @@ MALFORMED = [
     ),
     (
         "content_not_string.json",
-        [{"messages": [{"role": "user", "content": "a"}]}, {"messages": [{"role": "user", "content": 5}]}],
+        [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+         {"messages": [{"role": "user", "content": 5}]}],
         "record 1: field 'messages[0].content': expected a string, found number 5",
     ),
     (
@@ -199,10 +205,6 @@ def test_malformed_inputs_name_file_record_and_field(tmp_path, name, content, me
     assert info.value.file == str(path)
 
 
-def test_missing_file_names_the_path(tmp_path):
-    missing = tmp_path / "nope.jsonl"
-    with pytest.raises(FileNotFoundError, match=f"data source not found: {missing}"):
-        load_rows(str(missing))
 
 
 def test_skip_keeps_good_rows_counts_bad_and_warns_once(tmp_path, caplog):
@@ -270,3 +272,319 @@ def test_sharegpt_deita_drops_a_leading_assistant_message_like_the_reference(tmp
     assert rows == [{"id": "c1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
     with pytest.raises(DataError, match=r"field 'conversations\[0\]\.from': expected a user turn"):
         load_rows(str(path), kind="sft", fmt="sharegpt")
+
+
+# ------------------------------------------------------------------ files that cannot be read as a whole
+
+GOOD = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(6)]
+GOOD_JSONL = "".join(json.dumps(r) + "\n" for r in GOOD).encode()
+
+
+def _gzip_with_bad_crc(data: bytes) -> bytes:
+    blob = bytearray(gzip.compress(data))
+    blob[-8] ^= 0xFF  # the CRC32 in the trailer
+    return bytes(blob)
+
+
+def _parquet_bytes(tmp_path) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(GOOD), tmp_path / "good.parquet")
+    return (tmp_path / "good.parquet").read_bytes()
+
+
+def _damaged_disk_folder(path) -> None:
+    from datasets import Dataset
+
+    Dataset.from_list(GOOD).save_to_disk(str(path))
+    for arrow in path.glob("*.arrow"):
+        arrow.unlink()
+
+
+BAD_UTF8_JSON = b'[{"instruction": "a", "output": "b"},\n {"instruction": "caf\xe9", "output": "d"}]'
+"""Latin-1 'é' (0xe9) on line 2, byte offset 59."""
+
+
+def make_file_faults(root) -> dict[str, tuple[str, str]]:
+    """Broken sources built in ``root``: name -> (source as given in the config, the exact error line).
+
+    Each error is one line that names the file (and the record, line and byte offset where they apply).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    parquet = _parquet_bytes(root)
+    line2 = len(json.dumps(GOOD[0])) + 1 + 10  # byte offset of the bad byte: 10 bytes into line 2
+    bad_utf8 = GOOD_JSONL[:line2] + b"\xff" + GOOD_JSONL[line2:]
+    files = {
+        "truncated.jsonl.gz": gzip.compress(GOOD_JSONL)[:40],
+        "not_gzip.jsonl.gz": GOOD_JSONL,
+        "bad_crc.jsonl.gz": _gzip_with_bad_crc(GOOD_JSONL),
+        "bad_utf8.jsonl": bad_utf8,
+        "bad_utf8.jsonl.gz": gzip.compress(bad_utf8),
+        "bad_utf8.json": BAD_UTF8_JSON,
+        "truncated.parquet": parquet[: len(parquet) // 2],
+        "not_parquet.parquet": b"instruction,output\na,b\n",
+        "folder/a.jsonl": GOOD_JSONL,
+        "folder/b.jsonl.gz": gzip.compress(GOOD_JSONL)[:30],
+        "empty_folder/notes.txt": b"no data here",
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    _damaged_disk_folder(root / "disk")
+    os.mkfifo(root / "pipe.jsonl")
+    gz_truncated = "expected complete gzip data, found a truncated file (it ends before the gzip end-of-stream marker)"
+    bad_parquet = "expected a parquet file, found one pyarrow cannot read ("
+
+    def at(name: str, message: str) -> tuple[str, str]:
+        return str(root / name), f"{root / name}: {message}"
+
+    return {
+        "truncated gzip": at("truncated.jsonl.gz", gz_truncated),
+        "not gzip": at("not_gzip.jsonl.gz", "expected gzip data (the name ends in .gz), found a file that is not gzip"),
+        "gzip bad crc": at("bad_crc.jsonl.gz", "expected intact gzip data, found corrupt data (CRC check failed "),
+        "invalid utf-8 jsonl": at("bad_utf8.jsonl", "record 1 (line 2): expected UTF-8 text, found byte 0xff "
+                                  f"(invalid start byte) at byte offset {line2}"),
+        "invalid utf-8 jsonl.gz": at("bad_utf8.jsonl.gz", "record 1 (line 2): expected UTF-8 text, found byte 0xff "
+                                     f"(invalid start byte) at byte offset {line2} of the decompressed data"),
+        "invalid utf-8 json": at("bad_utf8.json", "line 2: expected UTF-8 text, found byte 0xe9 (invalid continuation "
+                                 f"byte) at byte offset {BAD_UTF8_JSON.index(0xE9)}"),
+        "truncated parquet": at("truncated.parquet", bad_parquet + "Parquet magic bytes not found in footer. "),
+        "not parquet": at("not_parquet.parquet", bad_parquet),
+        "missing path": at("nope.jsonl", "no such file or folder"),
+        "missing relative path": ("no/such/pool.jsonl",
+                                  "no/such/pool.jsonl: no such file or folder (relative to the working directory "),
+        "folder with a broken file": (str(root / "folder"), f"{root / 'folder' / 'b.jsonl.gz'}: {gz_truncated}"),
+        "folder without data files": at("empty_folder", "expected data files (.jsonl.gz, .json.gz, .jsonl, .json, "
+                                        ".parquet) or a datasets.save_to_disk folder, found none"),
+        "damaged save_to_disk folder": at("disk", "expected a datasets.save_to_disk folder, found one that cannot be "
+                                          "loaded ([Errno 2] No such file or directory: "),
+        "named pipe": at("pipe.jsonl", "expected a regular file or a folder, found a named pipe"),
+        "not a hub name": ("my pool", "my pool: expected a data file, a folder or a hub dataset name ('name' or "
+                           "'org/name'), found no such file or folder, and not a hub name either"),
+        "hub name that fails offline": ("no-such-org/no-such-data", "no-such-org/no-such-data: no such local file or "
+                                        "folder, and the hub dataset cannot be loaded ("),
+    }
+
+
+def _assert_error_line(text: str, want: str, case: str) -> None:
+    """``text`` is the exact message ``want`` (a prefix where ``want`` ends in a space or '(')."""
+    if want.endswith((" ", "(")):
+        assert text.startswith(want) and "\n" not in text, f"{case}: {text!r} does not start with {want!r}"
+    else:
+        assert text == want, f"{case}: {text!r} != {want!r}"
+
+
+def test_file_level_faults_raise_one_data_error_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for case, (source, want) in make_file_faults(tmp_path).items():
+        for on_error in ("raise", "skip"):  # a file that cannot be read is never skipped as "bad records"
+            if on_error == "skip" and case.startswith("invalid utf-8 jsonl"):
+                continue  # a line that is not UTF-8 is one bad record: skippable (tested below)
+            with pytest.raises(DataError) as info:
+                load_rows(source, on_error=on_error)
+            _assert_error_line(str(info.value), want, f"{case} ({on_error})")
+
+
+def test_invalid_utf8_line_is_a_skippable_record(tmp_path):
+    source, _ = make_file_faults(tmp_path)["invalid utf-8 jsonl"]
+    result = load_rows(source, on_error="skip")
+    assert (len(result.rows), result.skipped) == (len(GOOD) - 1, 1)
+    assert "byte offset" in str(result.first_error)
+
+
+def test_utf8_bom_is_read_as_an_encoding_mark(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + GOOD_JSONL)
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    for name in ("bom.jsonl", "bom.json"):
+        assert [r["messages"][0]["content"] for r in load_rows(str(tmp_path / name)).rows] == [g["instruction"] for g in GOOD]
+
+
+def _without_file_permission_bypass() -> list[str] | None:
+    """Launcher under which a chmod-000 file cannot be read: none for a normal user; as root (who reads
+    anything), ``setpriv`` dropping the two capabilities that bypass file permissions."""
+    if os.geteuid() != 0:
+        return None
+    setpriv = shutil.which("setpriv")
+    args = [setpriv, "--bounding-set=-dac_override,-dac_read_search"] if setpriv else None
+    probe = subprocess.run([*args, "cat", "/proc/self/status"], capture_output=True) if args else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    return [*args, sys.executable]
+
+
+def _run_cases(tmp_path, cases: dict[str, tuple[str, str]], launcher=None, extra=()) -> list[str]:
+    """Run ``train.py recipe=tiny stages=[select]`` once per case (in parallel), with the case's source
+    as the pool; return what went wrong (rc other than 2, a traceback, the message not on stderr)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        case, (source, want) = item
+        args = ["recipe=tiny", "stages=[select]", "logger=none", f"paths.runs_dir={tmp_path / 'runs' / str(abs(hash(case)))}",
+                f"paths.cache_dir={tmp_path / 'cache'}", f"data.pool=[{{path: '{source}'}}]", *extra]
+        proc = run_train(args, launcher=launcher, env={"HF_DATASETS_OFFLINE": "1"}, timeout=300)
+        errors = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        if proc.returncode != 2 or "Traceback" in proc.stderr + proc.stdout or len(errors) != 1:
+            return f"{case}: rc {proc.returncode}, stderr tail: {proc.stderr[-800:]}"
+        try:
+            _assert_error_line(errors[0], want, case)
+        except AssertionError as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return [problem for problem in pool.map(one, cases.items()) if problem]
+
+
+def test_cli_file_faults_exit_2_with_one_line_and_no_traceback(tmp_path):
+    problems = _run_cases(tmp_path, make_file_faults(tmp_path / "data"))
+    assert not problems, "\n".join(problems)
+
+
+def test_cli_unreadable_file_and_folder_exit_2(tmp_path):
+    launcher = _without_file_permission_bypass()
+    root = tmp_path / "data"
+    (root / "locked").mkdir(parents=True)
+    (root / "locked" / "a.jsonl").write_bytes(GOOD_JSONL)
+    for name in ("locked.jsonl", "locked.parquet", "locked.jsonl.gz"):
+        (root / name).write_bytes(b"")
+    try:
+        for path in [*root.iterdir()]:
+            path.chmod(0)
+        cases = {name: (str(root / name), f"{root / name}: permission denied (cannot read it)")
+                 for name in ("locked.jsonl", "locked.parquet", "locked.jsonl.gz")}
+        cases["folder"] = (str(root / "locked"), f"{root / 'locked'}: permission denied (cannot read it)")
+        problems = _run_cases(tmp_path, cases, launcher=launcher)
+    finally:
+        for path in root.iterdir():
+            path.chmod(0o755)
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------ semantics that would train nothing
+
+USER_ONLY = [{"messages": [{"role": "user", "content": f"question {i}"}]} for i in range(3)]
+
+# (file name, records, expected error after "<path>: ")
+MEANINGLESS = [
+    ("pref_same_strings.json", [{"prompt": "q", "chosen": "same", "rejected": "same"}],
+     "record 0: field 'rejected': expected a rejected reply that differs from the chosen one, found the same text"),
+    ("pref_same_but_spaces.json", [{"prompt": "q", "chosen": "same", "rejected": " same\n"}],
+     "record 0: field 'rejected': expected a rejected reply that differs from the chosen one, found the same text"),
+    ("pref_same_lists.json", [{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                               "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}],
+     "record 0: field 'rejected': expected a rejected reply that differs from the chosen one, found the same text"),
+    ("pref_same_llamafactory.json", [{"conversations": [{"from": "human", "value": "q"}],
+                                      "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "a"}}],
+     "record 0: field 'rejected': expected a rejected reply that differs from the chosen one, found the same text"),
+    ("pref_same_hh.json", [{"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: a"}],
+     "record 0: field 'rejected': expected a rejected reply that differs from the chosen one, found the same text"),
+    ("pref_empty_prompt.json", [{"prompt": "", "chosen": "a", "rejected": "b"}],
+     "record 0: field 'prompt': expected a prompt whose last user turn has text, found ''"),
+    ("pref_blank_last_user_turn.json", [{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                                                    {"role": "user", "content": "  \n"}], "chosen": "c", "rejected": "r"}],
+     "record 0: field 'prompt[2].content': expected a prompt whose last user turn has text, found '  \\n'"),
+    ("pref_empty_llamafactory_prompt.json", [{"conversations": [{"from": "human", "value": ""}],
+                                              "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}],
+     "record 0: field 'conversations[0].value': expected a prompt whose last user turn has text, found ''"),
+    ("sft_user_only.jsonl", USER_ONLY,
+     "record 0 (line 1): field 'messages': expected at least one assistant turn (a reply to train on), found none"),
+    ("sft_system_and_user.json", [{"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}]}],
+     "record 0: field 'conversations': expected at least one assistant turn (a reply to train on), found none"),
+]
+
+
+@pytest.mark.parametrize("name, records, message", MEANINGLESS, ids=[m[0] for m in MEANINGLESS])
+def test_pairs_and_rows_that_train_nothing_are_data_errors(tmp_path, name, records, message):
+    path = tmp_path / name
+    text = "".join(json.dumps(r) + "\n" for r in records) if name.endswith(".jsonl") else json.dumps(records)
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        load_rows(str(path))
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_meaningless_records_are_counted_skips_under_on_error_skip(tmp_path, caplog):
+    pairs = [{"prompt": "q1", "chosen": "a", "rejected": "b"}, {"prompt": "q2", "chosen": "x", "rejected": "x"},
+             {"prompt": " ", "chosen": "a", "rejected": "b"}, {"prompt": "q4", "chosen": "c", "rejected": "d"}]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(pairs))
+    with caplog.at_level(logging.WARNING, logger="deita.data.loading"):
+        result = load_rows(str(path), on_error="skip")
+    assert [r["prompt"][0]["content"] for r in result.rows] == ["q1", "q4"]
+    assert result.skipped == 2 and "record 1: field 'rejected'" in str(result.first_error)
+    assert f"{path}: skipped 2 bad record(s)" in caplog.text
+
+
+def test_user_only_pool_fails_at_load_time_through_the_cli(tmp_path):
+    pool = tmp_path / "user_only.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in USER_ONLY))
+    want = f"{pool}: record 0 (line 1): field 'messages': expected at least one assistant turn (a reply to train on), found none"
+    problems = _run_cases(tmp_path, {"user-only pool": (str(pool), want)})
+    assert not problems, "\n".join(problems)
+
+
+def test_user_only_rows_are_counted_skips_through_the_cli(tmp_path):
+    pool = tmp_path / "mixed.jsonl"
+    good = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in [*USER_ONLY, *good]))
+    runs = tmp_path / "runs"
+    proc = run_train(["recipe=tiny", "stages=[select]", "logger=none", f"paths.runs_dir={runs}",
+                      f"paths.cache_dir={tmp_path / 'cache'}", f"data.pool=[{{path: '{pool}', on_error: skip}}]"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{pool}: skipped 3 bad record(s); the first: {pool}: record 0 (line 1): field 'messages'" in proc.stdout + proc.stderr
+    manifest = json.loads(next(runs.rglob("select/manifest.json")).read_text())
+    assert (manifest["pool_rows"], manifest["skipped_records"]) == (5, 3)
+
+
+def test_dpo_stage_rejects_equal_pairs_before_loading_a_model(tmp_path):
+    from types import SimpleNamespace
+
+    from deita.training.dpo import run_dpo_stage
+    from tests.helpers import compose_config
+
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": "a"}]))
+    cfg = compose_config(["recipe=tiny", f"data.preference=[{{path: '{pairs}'}}]"])
+    ctx = SimpleNamespace(upstream={"sft": tmp_path / "no_sft_model_here"})  # loading a model from it would fail
+    with pytest.raises(DataError, match=r"pairs.json: record 1: field 'rejected': expected a rejected reply that differs"):
+        run_dpo_stage(cfg, ctx)
+
+
+# ------------------------------------------------------------------ a conversation that ends on a user turn
+
+ENDS_ON_USER = {"id": "c", "messages": [{"role": "user", "content": "first question"},
+                                        {"role": "assistant", "content": "first answer"},
+                                        {"role": "user", "content": "unanswered follow up"}]}
+
+
+def test_trailing_user_turn_is_scored_with_an_empty_response():
+    from deita.selection.scorers.turns import conversation_turns
+
+    assert conversation_turns(ENDS_ON_USER["messages"]) == [("first question", "first answer"),
+                                                            ("unanswered follow up", "")]
+
+
+@pytest.mark.parametrize("assistant_only_loss", [False, True])
+def test_sft_trains_without_the_trailing_user_turn(tiny_llama, tmp_path, assistant_only_loss):
+    """What TRL tokenizes from the SFT stage's dataset: the unanswered turn is neither in the labels nor
+    in the input (without the trim, ``assistant_only_loss=false`` would train on it)."""
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from deita.training.sft import messages_dataset
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    dataset = messages_dataset([ENDS_ON_USER])
+    assert dataset[0]["messages"] == ENDS_ON_USER["messages"][:2]
+    args = SFTConfig(output_dir=str(tmp_path), bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+                     save_strategy="no", max_steps=1, max_length=256, assistant_only_loss=assistant_only_loss,
+                     per_device_train_batch_size=1, disable_tqdm=True)
+    trainer = SFTTrainer(model=str(tiny_llama), args=args, train_dataset=dataset, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    text = tok.decode(ids)
+    labelled = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert "first answer" in labelled and "first question" in text
+    assert "follow up" not in text and "follow up" not in labelled

@@ -13,7 +13,8 @@ field) reads ``field 'output': expected ...`` until the loader adds the file and
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 class _Missing:
@@ -106,3 +107,50 @@ class DataError(ValueError):
 def expected(what: str, found: Any, field: str | None = None) -> DataError:
     """``DataError("expected <what>, found <describe(found)>", field=field)``."""
     return DataError(f"expected {what}, found {describe(found)}", field=field)
+
+
+def file_error(exc: BaseException, file: str) -> DataError | None:
+    """The DataError for a file that cannot be read at all, or None when ``exc`` is not such a failure.
+
+    Covers what the operating system and gzip raise: a missing path, permission denied, a ``.gz`` that
+    is not gzip, truncated or corrupt gzip data, any other OSError. The error names ``exc.filename``
+    when the OS gives one (a file inside a folder source), else ``file``. Invalid UTF-8 and unreadable
+    parquet are reported by the readers themselves (with the byte offset; with pyarrow's reason).
+    """
+    import gzip
+    import zlib
+
+    where = getattr(exc, "filename", None) or file
+    if isinstance(exc, gzip.BadGzipFile):
+        if str(exc).startswith("Not a gzipped file"):
+            return DataError("expected gzip data (the name ends in .gz), found a file that is not gzip", file=where)
+        return DataError(f"expected intact gzip data, found corrupt data ({exc})", file=where)
+    if isinstance(exc, EOFError):
+        return DataError("expected complete gzip data, found a truncated file (it ends before the gzip end-of-stream marker)",
+                         file=where)
+    if isinstance(exc, zlib.error):
+        return DataError(f"expected intact gzip data, found corrupt data ({exc})", file=where)
+    if isinstance(exc, FileNotFoundError):
+        return DataError("no such file or folder", file=where)
+    if isinstance(exc, PermissionError):
+        return DataError("permission denied (cannot read it)", file=where)
+    if isinstance(exc, OSError):
+        return DataError(f"cannot read it ({exc.strerror or one_line(exc)})", file=where)
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """``str(exc)`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(exc).split())
+
+
+@contextmanager
+def reading(file: str) -> Iterator[None]:
+    """Within the block, a failure to read ``file`` (see :func:`file_error`) is raised as its DataError."""
+    try:
+        yield
+    except Exception as exc:
+        err = file_error(exc, file)
+        if err is None:
+            raise
+        raise err from None

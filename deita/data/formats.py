@@ -3,11 +3,13 @@
 Three kinds of canonical row:
 
 * ``sft``: ``{"id": str, "messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``.
-  After an optional leading system message the roles alternate user/assistant starting with user; a
-  conversation may end on a user turn.
+  After an optional leading system message the roles alternate user/assistant starting with user, with
+  at least one assistant turn (a row with nothing to train on is an error). A conversation may end on
+  a user turn: selection scores that turn with an empty response, as DEITA does, and SFT trains
+  without it (:func:`trainable_messages`).
 * ``preference``: ``{"id", "prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}``. The prompt is a
-  valid conversation ending on a user turn; chosen/rejected are the reply that continues it (starting
-  and ending with an assistant turn, usually one message).
+  valid conversation ending on a user turn that has text; chosen/rejected are the reply that continues
+  it (starting and ending with an assistant turn, usually one message), and they differ.
 * ``prompts``: ``{"id": str, "turns": [str, ...], "category": str | None}`` for generation/evaluation.
 
 Each normaliser takes ``(record, default_id)`` and returns a list of rows (self-instruct gives one row
@@ -68,6 +70,7 @@ class _Msg(NamedTuple):
     content: str
     raw_role: Any  # the role as written, for error messages
     path: str  # field path of the role, e.g. "conversations[3].from"
+    content_path: str | None = None  # field path of the content when it differs ("conversations[3].value")
 
 
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -105,7 +108,7 @@ def _message(m: Any, path: str, role_key: str, content_key: str, roles: dict[str
     if not isinstance(raw, str) or raw not in roles:
         raise expected("one of " + "/".join(roles), raw, f"{path}.{role_key}")
     content = _string(m.get(content_key, MISSING), f"{path}.{content_key}")
-    return _Msg(roles[raw], content, raw, f"{path}.{role_key}")
+    return _Msg(roles[raw], content, raw, f"{path}.{role_key}", f"{path}.{content_key}")
 
 
 def _messages(value: Any, path: str, role_key: str, content_key: str, roles: dict[str, str]) -> list[_Msg]:
@@ -133,6 +136,8 @@ def _canon(msgs: list[_Msg]) -> list[dict]:
 
 def _sft_row(rid: str, msgs: list[_Msg], field: str) -> dict:
     _check_order(msgs, field)
+    if not any(m.role == "assistant" for m in msgs):
+        raise DataError("expected at least one assistant turn (a reply to train on), found none", field=field)
     return {"id": rid, "messages": _canon(msgs)}
 
 
@@ -157,16 +162,28 @@ def _system(record: dict) -> list[_Msg]:
 
 
 def _preference_row(rid: str, prompt: list[_Msg], chosen: list[_Msg], rejected: list[_Msg], fields) -> dict:
+    """A checked pair. Besides the shape, two pairs that would train nothing are errors: a prompt whose
+    last user turn is blank, and a rejected reply equal to the chosen one (ignoring surrounding
+    whitespace), which makes the DPO loss constant at ln 2."""
     _check_order(prompt, fields[0])
     if prompt[-1].role != "user":
         raise expected("the prompt to end with a user turn", prompt[-1].raw_role, prompt[-1].path)
+    if not prompt[-1].content.strip():
+        raise expected("a prompt whose last user turn has text", prompt[-1].content, _content_path(prompt[-1]))
     for reply, field in ((chosen, fields[1]), (rejected, fields[2])):
         if not reply:
             raise DataError("expected at least one assistant turn after the prompt, found none", field=field)
         _check_order(prompt + reply, field)
         if reply[-1].role != "assistant":
             raise expected("the reply to end with an assistant turn", reply[-1].raw_role, reply[-1].path)
+    if [m.content.strip() for m in chosen] == [m.content.strip() for m in rejected]:
+        raise DataError("expected a rejected reply that differs from the chosen one, found the same text",
+                        field=fields[2])
     return {"id": rid, "prompt": _canon(prompt), "chosen": _canon(chosen), "rejected": _canon(rejected)}
+
+
+def _content_path(m: _Msg) -> str:
+    return m.content_path or m.path
 
 
 def _pref_side(value: Any, field: str, role: str) -> list[_Msg]:
@@ -368,6 +385,15 @@ def from_alpaca(record: dict, default_id: str) -> list[dict]:
             msgs.append(_Msg(role, _string(pair[j], f"history[{i}][{j}]"), role, f"history[{i}][{j}]"))
     msgs += [_Msg("user", user, "user", "instruction"), _Msg("assistant", output, "assistant", key)]
     return [_sft_row(record_id(record, default_id), msgs, "instruction")]
+
+
+def trainable_messages(messages: list[dict]) -> list[dict]:
+    """The canonical ``messages`` SFT trains on: without a trailing user turn, which has no reply.
+
+    TRL tokenizes a ``messages`` row whole: the unanswered turn would be trained on as if the model
+    should write it (``assistant_only_loss=false``) or be dead weight in the sequence (``true``).
+    """
+    return messages[:-1] if messages and messages[-1]["role"] == "user" else messages
 
 
 # ---------------------------------------------------------------- detection

@@ -13,11 +13,12 @@ import gzip
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-from deita.data.errors import DataError, expected
+from deita.data.errors import DataError, expected, one_line, reading
 from deita.data import formats_reference  # noqa: F401  (registers the opt-in reference formats)
 from deita.data.formats import FORMATS, KINDS, Format, detect_format, normalise_record
 from deita.distributed import env_dist
@@ -67,21 +68,50 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+_BOM = b"\xef\xbb\xbf"
+
+
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _invalid_utf8(error: UnicodeDecodeError, offset: int, path: Path) -> DataError:
+    """The error for bytes that are not UTF-8; ``offset`` is where the decoded bytes start in the file
+    (in its decompressed bytes for .gz), so the message gives the absolute offset of the bad byte."""
+    where = " of the decompressed data" if path.name.endswith(".gz") else ""
+    bad = error.object[error.start]
+    return DataError(f"expected UTF-8 text, found byte 0x{bad:02x} ({error.reason}) at byte offset "
+                     f"{offset + error.start}{where}")
+
+
+def _one_ahead(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """``lines`` unchanged, but each is yielded only once the next one was read: a file that fails
+    mid-read (truncated gzip) raises before its cut-off last line could be parsed as a bad record."""
+    previous = None
+    for line in lines:
+        if previous is not None:
+            yield previous
+        previous = line
+    if previous is not None:
+        yield previous
 
 
 def _jsonl_records(path: Path) -> Iterator[_Raw]:
-    """One record per non-blank line; a syntax error is yielded (not raised) with its line number."""
-    label, stem, index = str(path), _stem(path), 0
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
+    """One record per non-blank line; a line that is not UTF-8 or not JSON is yielded (not raised) as
+    an error with its line number. A file that cannot be read raises DataError naming it."""
+    label, stem, index, offset = str(path), _stem(path), 0, 0
+    with reading(label), _open_bytes(path) as f:
+        for lineno, line in enumerate(_one_ahead(f), 1):
+            start, offset = offset, offset + len(line)
+            if lineno == 1 and line.startswith(_BOM):
+                line, start = line[len(_BOM):], start + len(_BOM)
             if not line.strip():
                 continue
             try:
-                yield _Raw(label, stem, index, lineno, json.loads(line.rstrip("\r\n")))
+                yield _Raw(label, stem, index, lineno, json.loads(line.decode("utf-8").rstrip("\r\n")))
+            except UnicodeDecodeError as e:
+                err = _invalid_utf8(e, start, path).at(file=label, index=index, line=lineno)
+                yield _Raw(label, stem, index, lineno, None, err)
             except json.JSONDecodeError as e:
                 err = DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=label, index=index, line=lineno)
                 yield _Raw(label, stem, index, lineno, None, err)
@@ -90,20 +120,29 @@ def _jsonl_records(path: Path) -> Iterator[_Raw]:
 
 def _json_records(path: Path, split: str) -> Iterator[_Raw]:
     """A JSON list of records, or an object holding that list under ``split``, "data" or "train"."""
-    with _open_text(path) as f:
-        try:
-            value = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (line {e.lineno} column {e.colno})", file=str(path)) from None
+    label = str(path)
+    with reading(label), _open_bytes(path) as f:
+        data = f.read()
+    skip = len(_BOM) if data.startswith(_BOM) else 0
+    try:
+        text = data.decode("utf-8-sig")  # positions in its errors count from after the BOM
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, skip + e.start) + 1
+        raise _invalid_utf8(e, skip, path).at(file=label, line=line) from None
+    del data
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg} (line {e.lineno} column {e.colno})", file=label) from None
     keys = list(dict.fromkeys((split, "data", "train")))
     if isinstance(value, dict):
         key = next((k for k in keys if isinstance(value.get(k), list)), None)
         value = value[key] if key else value
     if not isinstance(value, list):
         under = ", ".join(map(repr, keys[:-1])) + f" or {keys[-1]!r}"
-        raise expected(f"a list of records, or an object with a list under {under}", value).at(file=str(path))
+        raise expected(f"a list of records, or an object with a list under {under}", value).at(file=label)
     for i, rec in enumerate(value):
-        yield _Raw(str(path), _stem(path), i, None, rec)
+        yield _Raw(label, _stem(path), i, None, rec)
 
 
 def _table_records(rows: list[dict], label: str, stem: str) -> Iterator[_Raw]:
@@ -118,16 +157,34 @@ def _file_records(path: Path, split: str) -> Iterator[_Raw]:
     if name.endswith((".json", ".json.gz")):
         return _json_records(path, split)
     if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return _table_records(pq.read_table(path).to_pylist(), str(path), _stem(path))
+        return _table_records(_parquet_rows(path), str(path), _stem(path))
     raise DataError(f"expected a file ending in one of {', '.join(DATA_SUFFIXES)}, found {name!r}", file=str(path))
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with reading(str(path)):
+        try:
+            return pq.read_table(path).to_pylist()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except (pa.ArrowException, OSError) as e:  # pyarrow raises plain OSError for corrupt pages
+            detail = re.sub(r"^Could not open Parquet input source '.*?': ", "", one_line(e))
+            raise DataError(f"expected a parquet file, found one pyarrow cannot read ({detail})", file=str(path)) from None
 
 
 def _disk_records(path: Path, split: str) -> Iterator[_Raw]:
     from datasets import DatasetDict, load_from_disk
 
-    ds = load_from_disk(str(path))
+    try:
+        ds = load_from_disk(str(path))
+    except PermissionError as e:
+        raise DataError("permission denied (cannot read it)", file=e.filename or str(path)) from None
+    except (OSError, ValueError, KeyError) as e:  # what datasets and pyarrow raise for a damaged folder
+        raise DataError(f"expected a datasets.save_to_disk folder, found one that cannot be loaded ({one_line(e)})",
+                        file=str(path)) from None
     if isinstance(ds, DatasetDict):
         if split not in ds:
             raise DataError(f"expected a split {split!r}, found splits {sorted(ds)}", file=str(path))
@@ -136,32 +193,73 @@ def _disk_records(path: Path, split: str) -> Iterator[_Raw]:
 
 
 def _dir_records(path: Path, split: str) -> Iterator[_Raw]:
-    if any((path / m).is_file() for m in _DISK_MARKERS):
-        yield from _disk_records(path, split)
-        return
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+    with reading(str(path)):
+        entries = list(path.iterdir())  # first: an unlistable folder is named itself, not a file inside it
+        if any(p.name in _DISK_MARKERS and p.is_file() for p in entries):
+            return _disk_records(path, split)
+        files = sorted(p for p in entries if p.is_file() and p.name.endswith(DATA_SUFFIXES))
     if not files:
         msg = f"expected data files ({', '.join(DATA_SUFFIXES)}) or a datasets.save_to_disk folder, found none"
         raise DataError(msg, file=str(path))
-    for f in files:
-        yield from _file_records(f, split)
+    return (raw for f in files for raw in _file_records(f, split))
 
 
 def _looks_local(source: str) -> bool:
-    return source.endswith(DATA_SUFFIXES) or source.startswith((".", "/", "~")) or os.path.exists(source)
+    return source.endswith(DATA_SUFFIXES) or source.startswith((".", "/", "~")) or os.path.lexists(source)
+
+
+def _hub_records(source: str, split: str) -> Iterator[_Raw]:
+    """Records of a hub dataset; a name that cannot be one, or one that fails to load, is a DataError."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise DataError("expected a data file, a folder or a hub dataset name ('name' or 'org/name'), "
+                        "found no such file or folder, and not a hub name either", file=source) from None
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(source, split=split)
+    except (OSError, ValueError) as e:  # not found, offline, gated, unknown split, ...
+        raise DataError(f"no such local file or folder, and the hub dataset cannot be loaded ({one_line(e)})",
+                        file=source) from None
+    return _table_records(ds.to_list(), source, source.rstrip("/").split("/")[-1])
+
+
+def _missing(source: str, path: Path) -> DataError:
+    where = "" if path.is_absolute() else f" (relative to the working directory {os.getcwd()})"
+    return DataError(f"no such file or folder{where}", file=source)
 
 
 def iter_records(source: str, split: str = "train") -> Iterator[_Raw]:
-    """Raw records of ``source`` in order, each with its file label, stem, index and line."""
+    """Raw records of ``source`` in order, each with its file label, stem, index and line.
+
+    A source that cannot be read as a whole (missing, permission denied, not a regular file or folder,
+    truncated or non-gzip ``.gz``, unreadable parquet, a hub name that fails to load) raises DataError
+    naming it; per-record problems are yielded as errors for :func:`load_rows` to raise or skip.
+    """
     path = Path(os.path.expanduser(source))
     if not _looks_local(source):
-        from datasets import load_dataset
+        return _hub_records(source, split)
+    with reading(source):
+        if not path.exists():
+            raise _missing(source, path)
+        if path.is_dir():
+            return _dir_records(path, split)
+        if not path.is_file():
+            raise DataError(f"expected a regular file or a folder, found {_file_kind(path)}", file=source)
+    return _file_records(path, split)
 
-        ds = load_dataset(source, split=split)
-        return _table_records(ds.to_list(), source, source.rstrip("/").split("/")[-1])
-    if not path.exists():
-        raise FileNotFoundError(f"data source not found: {path}")
-    return _dir_records(path, split) if path.is_dir() else _file_records(path, split)
+
+def _file_kind(path: Path) -> str:
+    import stat
+
+    mode = path.stat().st_mode
+    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device"}
+    return next((name for test, name in kinds.items() if test(mode)), "something else")
 
 
 def load_rows(
@@ -181,8 +279,9 @@ def load_rows(
     (a record that matches none is reported against the file's format, so the error names the bad
     field). ``on_error="raise"`` raises the first DataError (file, record, line, field);
     ``"skip"`` drops bad records, counts them and logs one warning. Row ids must be unique.
-    ``limit`` keeps the first ``limit`` rows. Raises FileNotFoundError for a missing path and
-    DataError when no usable record remains.
+    ``limit`` keeps the first ``limit`` rows. A source that cannot be read as a whole (see
+    :func:`iter_records`) raises DataError whatever ``on_error`` says, as does a source with no
+    usable record left.
     """
     if kind != "auto" and kind not in KINDS:
         raise ValueError(f"kind must be 'auto' or one of {'/'.join(KINDS)}, got {kind!r}")

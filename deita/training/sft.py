@@ -14,9 +14,18 @@ from deita.training import common
 log = logging.getLogger(__name__)
 
 
+def messages_dataset(rows: list[dict]):
+    """TRL's conversational dataset of canonical rows; a trailing unanswered user turn is left out
+    (:func:`deita.data.formats.trainable_messages`), so it is neither trained on nor fed."""
+    from datasets import Dataset
+
+    from deita.data.formats import trainable_messages
+
+    return Dataset.from_list([{"messages": trainable_messages(r["messages"])} for r in rows])
+
+
 def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     """Fine-tune ``cfg.model`` on ``<run_dir>/select/selected.jsonl``; write ``model/`` into the stage dir."""
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from deita.data.loading import read_jsonl
@@ -27,8 +36,8 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     # 1. Data: the selection, in selection order, as canonical messages.
     rows = read_jsonl(ctx.upstream["select"] / "selected.jsonl")
     train_rows, eval_rows = common.split_eval(rows, node.eval_fraction, cfg.seed)
-    train_ds = Dataset.from_list([{"messages": r["messages"]} for r in train_rows])
-    eval_ds = Dataset.from_list([{"messages": r["messages"]} for r in eval_rows]) if eval_rows else None
+    train_ds = messages_dataset(train_rows)
+    eval_ds = messages_dataset(eval_rows) if eval_rows else None
 
     # 2. Tokenizer and model.
     model_path = resolve_model(cfg.model.name_or_path, cfg.paths.cache_dir)
