@@ -58,6 +58,7 @@ def run(cfg: DictConfig) -> None:
     traceback: the message already names the key, or the file, record and field.
     """
     from deita.data.errors import DataError
+    from deita.hub import HubError
     from deita.validate import ConfigError
 
     try:
@@ -65,6 +66,9 @@ def run(cfg: DictConfig) -> None:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except HubError as err:  # after the stages: their artifacts are safe, only the upload failed
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _run(cfg: DictConfig) -> None:
@@ -76,6 +80,9 @@ def _run(cfg: DictConfig) -> None:
 
         print_plan(cfg)
         return
+    from deita import hub
+
+    hub.preflight(cfg)  # a push that cannot work stops the run here, before any stage
     if cfg.launch.num_processes > 1 and not under_launcher():
         relaunch(cfg)
         return
@@ -92,3 +99,4 @@ def _run(cfg: DictConfig) -> None:
     run_pipeline(cfg)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
         shutdown()  # a multirun inside a launcher would reuse the group for its next job
+    hub.push(cfg)  # main process only, after the group is gone (an upload must not hold the others' barrier)

@@ -213,6 +213,34 @@ class LaunchConfig:
 
 
 @dataclass
+class HubConfig:
+    """Pushing the run's results to the Hugging Face Hub (opt-in; runs once, after the last stage).
+
+    The token comes from the environment (``HF_TOKEN``, or the one ``hf auth login`` stored) and is never
+    written anywhere. ``hub.push=true`` is checked at start-up, before any stage: without a token or
+    without network (``HF_HUB_OFFLINE`` set, or the Hub unreachable) the run stops with exit status 2.
+    """
+
+    push: bool = False
+    """After the stages finish, push the selected dataset (``select/``) and every trained model
+    (``<stage>/model``) of the run directory, each with its card."""
+    repo_prefix: Optional[str] = None
+    """``ORG/NAME``: the repos are ``ORG/NAME-data`` (dataset), ``ORG/NAME-sft`` and ``ORG/NAME-dpo``
+    (models; one per training stage). Each point of a ``-m`` sweep inserts its shortened override dirname:
+    ``ORG/NAME-budget-16-data``."""
+    private: bool = True
+    """Create the repos private (applies when a repo is created; an existing repo keeps its visibility)."""
+    dry_run: bool = False
+    """With ``push``: stage the cards and files in ``<run_dir>/hub/``, write ``hub/plan.json`` (repos,
+    types and files) and log what would be pushed, without network or token."""
+    license: Optional[str] = None
+    """Hub license id written into every card (e.g. apache-2.0, cc-by-nc-4.0); null leaves it out. The
+    pool's licenses decide what the data and the models may be used for."""
+    timeout: float = 10.0
+    """Seconds the start-up check waits for the Hub before it gives up."""
+
+
+@dataclass
 class SelectionModels:
     """Named model references that the selection methods' configs point at (``${selection_models.X}``).
 
@@ -262,6 +290,8 @@ class RootConfig:
     """Assumptions of plan mode."""
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     """Self-launch under accelerate (for multi-process jobs started with plain python, e.g. sweeps)."""
+    hub: HubConfig = field(default_factory=HubConfig)
+    """Push the selected dataset and the trained models to the Hugging Face Hub."""
     recipe_name: str = "${hydra:runtime.choices.recipe}"
     """Name of the chosen recipe (set by Hydra)."""
     run_dir: str = "${hydra:runtime.output_dir}"

@@ -19,6 +19,8 @@ from pathlib import Path
 from deita.models.tiny import TINY_ARCHS, ensure_tiny_model, save_model_files
 
 PACKAGED = ("smollm2", "minilm")
+# The Hub repos the packaged models are copies of (what a model card names as the base model).
+PACKAGED_HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def resolve_model(ref: str, cache_root: str | os.PathLike) -> str:
@@ -82,3 +84,20 @@ def ensure_smollm2(out_dir: Path) -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def hub_model_id(ref: str) -> str | None:
+    """The Hub repo id a model reference stands for: a packaged model's original repo, a hub name itself;
+    None for tiny random models and local folders (nothing on the Hub to point at)."""
+    ref = str(ref)
+    if ref.startswith("tiny:") or Path(ref).exists():
+        return None
+    if ref.startswith("packaged:"):
+        return PACKAGED_HUB_IDS.get(ref.split(":", 1)[1])
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:  # a path to a folder that is not here
+        return None
+    return ref

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -198,30 +197,23 @@ def final_metrics(trainer) -> dict[str, float]:
     return metrics
 
 
-def write_model_card(model_dir: Path, *, title: str, base_model: str, stage_cfg: DictConfig,
-                     provenance: dict, metrics: dict) -> None:
-    """A README.md model card that records the base model, the data provenance and the metrics."""
-    body = [
-        f"# {title}",
-        "",
-        f"Trained with deita from `{base_model}`.",
-        "",
-        "## Data provenance",
-        "",
-        "```json",
-        json.dumps(provenance, indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-        "## Training config",
-        "",
-        "```yaml",
-        OmegaConf.to_yaml(stage_cfg, resolve=True),
-        "```",
-        "",
-        "## Final metrics",
-        "",
-        "```json",
-        json.dumps(metrics, indent=2, sort_keys=True),
-        "```",
-    ]
-    (model_dir / "README.md").write_text("\n".join(body) + "\n")
+def training_record(trainer, *, base_model: str, provenance: dict, base_stage: str | None = None) -> dict:
+    """What a training stage records in its manifest for its model card: the trainer, the model it started
+    from (``base_stage``: the upstream stage whose model that is), TRL's hyperparameters, the data's origin."""
+    from transformers.modelcard import extract_hyperparameters_from_trainer
+
+    return {"trainer": type(trainer).__name__, "base_model": str(base_model), "base_stage": base_stage,
+            "hyperparameters": extract_hyperparameters_from_trainer(trainer), "provenance": provenance}
+
+
+def write_model_card(model_dir: Path, cfg: DictConfig, stage: str, record: dict) -> None:
+    """``model_dir/README.md``: the model card of ``record`` (the stage's result, see :func:`training_record`),
+    built by :func:`deita.hub.cards.model_card`; a push rebuilds it with the Hub repo names."""
+    from deita.hub.cards import model_card
+    from deita.models.resolve import hub_model_id
+    from deita.pipeline import package_versions
+
+    base_model_id = None if record.get("base_stage") else hub_model_id(record["base_model"])
+    card = model_card(stage=stage, record=record, config=OmegaConf.to_container(cfg, resolve=True),
+                      versions=package_versions(), base_model_id=base_model_id)
+    card.save(model_dir / "README.md")

@@ -70,14 +70,15 @@ def run_dpo_stage(cfg: DictConfig, ctx) -> dict:
         # 4. Train, resuming from the last checkpoint of an interrupted run.
         metrics = common.fit(trainer, node, ctx.work_dir, evaluate=eval_ds is not None)
 
-    # 5. Save.
+    # 5. Save the model, tokenizer and its card.
     model_dir = common.save_final_model(trainer, tokenizer, ctx.work_dir, ctx.dist.is_main)
+    provenance = {"sft_fingerprint": ctx.upstream_manifests["sft"]["fingerprint"],
+                  "preference_sources": [str(s.path) for s in cfg.data.preference], "pairs": len(pairs)}
+    result = {"train_pairs": len(train_rows), "trained_pairs": trained_pairs, "eval_pairs": len(eval_rows),
+              "skipped_records": skipped, "metrics": metrics,
+              "gradient_accumulation_steps": args.gradient_accumulation_steps,
+              "distributed_type": str(trainer.accelerator.distributed_type),
+              **common.training_record(trainer, base_model=sft_model, base_stage="sft", provenance=provenance)}
     if ctx.dist.is_main:
-        provenance = {"sft_fingerprint": ctx.upstream_manifests["sft"]["fingerprint"],
-                      "preference_sources": [str(s.path) for s in cfg.data.preference], "pairs": len(pairs)}
-        common.write_model_card(model_dir, title=f"{cfg.recipe_name} DPO", base_model=sft_model,
-                                stage_cfg=node, provenance=provenance, metrics=metrics)
-    return {"train_pairs": len(train_rows), "trained_pairs": trained_pairs, "eval_pairs": len(eval_rows),
-            "skipped_records": skipped, "metrics": metrics,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "distributed_type": str(trainer.accelerator.distributed_type)}
+        common.write_model_card(model_dir, cfg, "dpo", result)
+    return result

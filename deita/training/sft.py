@@ -60,16 +60,17 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
 
     # 5. Save the model, tokenizer and a model card that says where the data came from.
     model_dir = common.save_final_model(trainer, tokenizer, ctx.work_dir, ctx.dist.is_main)
+    select_manifest = ctx.upstream_manifests["select"]
+    provenance = {
+        "selection_fingerprint": select_manifest["fingerprint"],
+        "selection_method": select_manifest["config"]["selection"],
+        "pool": select_manifest["inputs"]["data"],
+        "selected_rows": select_manifest.get("selected_rows"),
+    }
+    result = {"train_rows": len(train_rows), "trained_rows": trained_rows, "eval_rows": len(eval_rows),
+              "metrics": metrics, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+              "distributed_type": str(trainer.accelerator.distributed_type),
+              **common.training_record(trainer, base_model=cfg.model.name_or_path, provenance=provenance)}
     if ctx.dist.is_main:
-        select_manifest = ctx.upstream_manifests["select"]
-        provenance = {
-            "selection_fingerprint": select_manifest["fingerprint"],
-            "selection_method": select_manifest["config"]["selection"],
-            "pool": select_manifest["inputs"]["data"],
-            "selected_rows": select_manifest.get("selected_rows"),
-        }
-        common.write_model_card(model_dir, title=f"{cfg.recipe_name} SFT", base_model=cfg.model.name_or_path,
-                                stage_cfg=node, provenance=provenance, metrics=metrics)
-    return {"train_rows": len(train_rows), "trained_rows": trained_rows, "eval_rows": len(eval_rows),
-            "metrics": metrics, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "distributed_type": str(trainer.accelerator.distributed_type)}
+        common.write_model_card(model_dir, cfg, "sft", result)
+    return result
