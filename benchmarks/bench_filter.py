@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deita.selection.filters import greedy_diverse, l2_normalize, score_order
+from deita.selection.filters import greedy_diverse, l2_normalize
+from deita.selection.ranking import score_order
 
 
 def make_pool(n: int, dim: int, seed: int, per_cluster: int = 30, sigma=(0.2, 0.4)):

@@ -49,15 +49,15 @@ def reference_scores(tokenizer, model, prompts: list[str], digit_ids: list[int])
 def bench_model(ref: str, n_rows: int, max_tokens: int) -> list[dict]:
     """Time both paths on complexity and quality prompts for ``n_rows`` rows of model ``ref``."""
     from deita.models.resolve import resolve_model
-    from deita.selection.scorers import SCORERS
+    from deita.selection.scorers import DeitaScorer
     from deita.selection.scorers.prompts import render_prompt
 
     path = resolve_model(ref, REPO / ".cache")
     turns = alpaca_turns(n_rows)
     results = []
     for kind in ("complexity", "quality"):
-        scorer = SCORERS.get(kind)(path, dtype="float32", device="cpu", max_length=2048,
-                                   max_tokens_per_batch=max_tokens, show_progress=False)
+        scorer = DeitaScorer(kind, path, dtype="float32", device="cpu", max_length=2048,
+                             max_tokens_per_batch=max_tokens, show_progress=False)
         prompts = [render_prompt(kind, q, a) for q, a in turns]
         n_tokens = sum(len(scorer.tokenizer.encode(p)) for p in prompts)
         scorer.score_turns(turns[:4])  # warm-up

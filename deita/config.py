@@ -245,7 +245,8 @@ class SelectionModels:
     """Named model references that the selection methods' configs point at (``${selection_models.X}``).
 
     A recipe swaps every selection model at once here (``recipe=tiny`` points them all at the tiny model),
-    so ``selection=deita`` works the same under any recipe.
+    so ``selection=deita`` works the same under any recipe. The defaults below are the one place where the
+    default model names are written: the method configs' defaults and plan mode's parameter table read them.
     """
 
     deita_complexity: str = "hkust-nlp/deita-complexity-scorer"
@@ -303,9 +304,7 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from deita.selection.base import SELECTORS
-    from deita.selection.methods import load_all
 
-    load_all()
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     for name in SELECTORS.names():

@@ -69,9 +69,7 @@ def config_reference() -> str:
     """The whole reference: the root schema, then each selection method's schema."""
     from deita.config import RootConfig
     from deita.selection.base import SELECTORS
-    from deita.selection.methods import load_all
 
-    load_all()
     lines = section(RootConfig, "")
     for name in SELECTORS.names():
         lines += [f"#### `selection={name}`", ""] + section(SELECTORS.get(name).config_class, "selection")[2:]

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from deita.config import STAGE_ORDER
 from deita.distributed import DistInfo, barrier, init_distributed
 from deita.fingerprint import hash_file, hash_json
+from deita.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ class Stage:
 def _selection_model_refs(cfg: DictConfig) -> list[str]:
     """Model references the selection method reads (from its config)."""
     from deita.selection.base import SELECTORS
-    from deita.selection.methods import load_all
 
-    load_all()
     return [ref for _, ref, _ in SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(0, 0.0)]
 
 
@@ -149,13 +148,6 @@ def read_manifest(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def select_subtrees(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
     """The resolved config subtrees named by dotted ``keys``."""
     out = {}
@@ -236,7 +228,7 @@ def run_stage(cfg: DictConfig, stage: Stage, run_dir: Path, manifests: dict[str,
         **counts,
     }
     if dist.is_main:
-        write_json_atomic(work / MANIFEST, manifest)
+        write_json_atomic(work / MANIFEST, manifest, sort_keys=True)
         _finalize(work, final)
         log.info("stage %s: done in %.1f s -> %s", stage.name, wall, final)
     barrier()
@@ -254,4 +246,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     for name in STAGE_ORDER:
         if name in cfg.stages:
             manifests[name] = run_stage(cfg, STAGES[name], run_dir, manifests, dist)
+    if dist.is_main:  # the last lines of the log repeat what a stage warned about (e.g. a short selection)
+        for name, manifest in manifests.items():
+            for warning in manifest.get("warnings", []):
+                log.warning("run finished; stage %s warned: %s", name, warning)
     return manifests

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from deita.config import SelectionModels
+
 DEFAULT_EPOCHS = 3  # transformers' TrainingArguments default
 KNOWN_PARAMS_B = {
-    "hkust-nlp/deita-complexity-scorer": 6.74,  # LLaMA-1-7B
-    "hkust-nlp/deita-quality-scorer": 6.74,
-    "gpt2": 0.124,
+    SelectionModels.deita_complexity: 6.74,  # LLaMA-1-7B
+    SelectionModels.deita_quality: 6.74,
+    SelectionModels.superfilter: 0.124,  # GPT-2
 }
+"""Parameter counts (billions) of the default selection models whose names carry no size."""
 
 
 @dataclass
@@ -96,9 +99,7 @@ def build_plan(cfg: DictConfig) -> list[dict]:
     tokens_per_row = pool.tokens / pool.rows if pool.rows else 0.0
     if "select" in cfg.stages:
         from deita.selection.base import SELECTORS
-        from deita.selection.methods import load_all
 
-        load_all()
         passes = SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(pool.rows, pool.tokens)
         flops = sum(2 * params_billions(ref) * 1e9 * tokens for _, ref, tokens in passes)
         plan.append({"stage": "select", "rows": pool.rows, "tokens": pool.tokens, "selected": budget,

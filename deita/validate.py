@@ -19,9 +19,7 @@ def _check(ok: bool, key: str, message: str) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first key whose value cannot work."""
     from deita.selection.base import SELECTORS
-    from deita.selection.methods import load_all
 
-    load_all()
     stages = list(cfg.stages)
     for name in stages:
         _check(name in STAGE_ORDER, "stages", f"unknown stage {name!r}; stages are {list(STAGE_ORDER)}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deita.selection.base import SELECTORS, SelectionContext
-from deita.selection.methods import load_all
+from deita.selection.stage import rank_and_cut
 
 
 def _alpaca_rows(shared_data, n):
@@ -36,7 +36,6 @@ def _ctx(tmp_path, models):
 
 
 def _config(**kw):
-    load_all()
     from deita.selection.methods.deita import DeitaEmbedderOptions, DeitaScorerOptions, DeitaSelectionConfig
 
     return DeitaSelectionConfig(
@@ -51,9 +50,9 @@ def test_deita_end_to_end_and_cache(shared_data, tmp_path, tiny_llama, tiny_mist
     cache, make_ctx = _ctx(tmp_path, {"tiny:llama": tiny_llama, "tiny:mistral": tiny_mistral})
     cfg = _config(budget=10, tau=0.999)
     sel = SELECTORS.get("deita")(cfg)
-    res = sel.select(rows, make_ctx(rows))
+    res, order = rank_and_cut(sel, rows, make_ctx(rows))
     t = res.table
-    assert len(res.order) == 10 and len(set(res.order)) == 10
+    assert len(order) == 10 and len(set(order)) == 10 and res.ranking == order  # the filter stopped at the budget
     for col in ("complexity_turns", "quality_turns", "complexity", "quality", "evol_score", "n_turns", "nn_sim"):
         assert len(t[col]) == len(rows)
     assert t["n_turns"][-1] == 2 and len(t["quality_turns"][-1]) == 2
@@ -62,9 +61,9 @@ def test_deita_end_to_end_and_cache(shared_data, tmp_path, tiny_llama, tiny_mist
         assert all(1.0 <= s <= 6.0 for s in t["complexity_turns"][i] + t["quality_turns"][i])
     # selection order follows the greedy walk over the stable score order: the first pick is the top score
     evol = np.asarray(t["evol_score"])
-    assert res.order[0] == int(np.argmax(evol))
+    assert order[0] == int(np.argmax(evol))
     assert res.report["rejected_by_tau"] + 10 == res.report["scanned"]
-    assert math.isnan(t["nn_sim"][res.order[0]]) and all(t["nn_sim"][i] <= 0.999 + 1e-6 for i in res.order[1:])
+    assert math.isnan(t["nn_sim"][order[0]]) and all(t["nn_sim"][i] <= 0.999 + 1e-6 for i in order[1:])
     assert set(res.plots) == {"deita_nn_similarity"}
     import matplotlib
 
@@ -76,9 +75,9 @@ def test_deita_end_to_end_and_cache(shared_data, tmp_path, tiny_llama, tiny_mist
     plt.close(fig)
     misses = len(cache.stats["misses"])
     assert misses == 3 and not cache.stats["hits"]
-    again = SELECTORS.get("deita")(cfg).select(rows, make_ctx(rows))
+    again, again_order = rank_and_cut(SELECTORS.get("deita")(cfg), rows, make_ctx(rows))
     assert len(cache.stats["hits"]) == 3 and len(cache.stats["misses"]) == misses
-    assert again.order == res.order and again.table["evol_score"] == pytest.approx(t["evol_score"])
+    assert again_order == order and again.table["evol_score"] == pytest.approx(t["evol_score"])
 
 
 def test_deita_top_k_without_diversity_and_nan_rows(shared_data, tmp_path, tiny_llama, tiny_mistral):
@@ -86,12 +85,13 @@ def test_deita_top_k_without_diversity_and_nan_rows(shared_data, tmp_path, tiny_
     rows.insert(3, {"id": "broken", "messages": [{"role": "assistant", "content": "x"}]})
     _, make_ctx = _ctx(tmp_path, {"tiny:llama": tiny_llama, "tiny:mistral": tiny_mistral})
     with pytest.raises(ValueError, match="'broken'"):
-        SELECTORS.get("deita")(_config(budget=5, diversity=False)).select(rows, make_ctx(rows))
-    res = SELECTORS.get("deita")(_config(budget=5, diversity=False, sort_key="complexity", on_error="nan")).select(
-        rows, make_ctx(rows))
+        rank_and_cut(SELECTORS.get("deita")(_config(budget=5, diversity=False)), rows, make_ctx(rows))
+    res, order = rank_and_cut(SELECTORS.get("deita")(_config(budget=5, diversity=False, sort_key="complexity",
+                                                             on_error="nan")), rows, make_ctx(rows))
     c = res.table["complexity"]
     assert "quality" not in res.table and math.isnan(c[3]) and "broken" in res.table["score_error"][3]
     expected = sorted((i for i in range(len(rows)) if i != 3), key=lambda i: (-c[i], i))[:5]
-    assert res.order == expected and res.report["nan_rows"] == 1 and res.report["complexity_nan_turns"] == 1
-    full = SELECTORS.get("deita")(_config(budget=-1, on_error="nan", tau=0.9999)).select(rows, make_ctx(rows))
-    assert 3 not in full.order and len(full.order) + full.report["rejected_by_tau"] == len(rows) - 1
+    assert order == expected and res.report["nan_rows"] == 1 and res.report["complexity_nan_turns"] == 1
+    full, full_order = rank_and_cut(SELECTORS.get("deita")(_config(budget=-1, on_error="nan", tau=0.9999)), rows,
+                                    make_ctx(rows))
+    assert 3 not in full_order and len(full_order) + full.report["rejected_by_tau"] == len(rows) - 1

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deita.selection.scorers import SCORERS, ScoringError, evol_score, score_rows
+from deita.selection.scorers import DeitaScorer, ScoringError, evol_score, score_rows
 from deita.selection.scorers.batching import length_sorted_batches, pad_batch
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score, scores_from_logits
 from deita.selection.scorers.prompts import COMPLEXITY_TEMPLATE, QUALITY_TEMPLATE, field_spans, render_prompt
@@ -102,7 +102,7 @@ def test_length_sorted_batches_and_padding():
 @pytest.fixture(scope="module", params=["llama", "mistral"])
 def scorer_pair(request, tiny_llama, tiny_mistral):
     path = tiny_llama if request.param == "llama" else tiny_mistral
-    return {k: SCORERS.get(k)(str(path), max_length=256, max_tokens_per_batch=400, show_progress=False)
+    return {k: DeitaScorer(k, str(path), max_length=256, max_tokens_per_batch=400, show_progress=False)
             for k in ("complexity", "quality")}
 
 
@@ -130,7 +130,7 @@ def test_batched_equals_unbatched_and_reference(scorer_pair):
 
 
 def test_truncation_keeps_head_and_tail_and_is_counted(tiny_llama):
-    scorer = SCORERS.get("quality")(str(tiny_llama), max_length=120, show_progress=False)
+    scorer = DeitaScorer("quality", str(tiny_llama), max_length=120, show_progress=False)
     tok = scorer.tokenizer
     long_q, long_a = "explain the data " * 60, "the answer is good " * 30
     ids, cut = scorer.encode(long_q, long_a)
@@ -156,7 +156,7 @@ def test_keep_counts_water_fills():
 
 
 def test_error_policy_raise_or_nan(tiny_llama):
-    scorer = SCORERS.get("complexity")(str(tiny_llama), max_length=256, show_progress=False)
+    scorer = DeitaScorer("complexity", str(tiny_llama), max_length=256, show_progress=False)
     rows = [{"id": "ok", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
             {"id": "bad", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}]
     with pytest.raises(ConversationError, match="'bad', message 1"):
@@ -164,7 +164,7 @@ def test_error_policy_raise_or_nan(tiny_llama):
     cols = score_rows(rows, scorer, on_error="nan")
     assert math.isfinite(cols["complexity_turns"][0][0]) and math.isnan(cols["complexity_turns"][1][0])
     assert "bad" in cols["complexity_error"][1] and cols["complexity_error"][0] == ""
-    tiny = SCORERS.get("complexity")(str(tiny_llama), max_length=8, show_progress=False)
+    tiny = DeitaScorer("complexity", str(tiny_llama), max_length=8, show_progress=False)
     with pytest.raises(ScoringError, match="row 'ok' turn 0"):
         score_rows(rows[:1], tiny)
     cols = score_rows(rows[:1], tiny, on_error="nan")
@@ -180,8 +180,8 @@ def test_turns_and_multi_turn_evol(tiny_llama):
     assert conversation_turns([{"role": "assistant", "content": "hello"}, {"role": "user", "content": "q"}]) == [("q", "")]
     with pytest.raises(ConversationError, match="no user message"):
         conversation_turns([{"role": "system", "content": "x"}], "r0")
-    c = SCORERS.get("complexity")(str(tiny_llama), show_progress=False)
-    q = SCORERS.get("quality")(str(tiny_llama), show_progress=False)
+    c = DeitaScorer("complexity", str(tiny_llama), show_progress=False)
+    q = DeitaScorer("quality", str(tiny_llama), show_progress=False)
     row = {"id": "mt", "messages": msgs}
     ct = score_rows([row], c)["complexity_turns"][0]
     qt = score_rows([row], q)["quality_turns"][0]

@@ -15,9 +15,7 @@ def test_every_config_field_has_a_docstring():
 
     from deita import config
     from deita.selection.base import SELECTORS
-    from deita.selection.methods import load_all
 
-    load_all()
     classes = [c for c in vars(config).values() if dataclasses.is_dataclass(c)]
     classes += [SELECTORS.get(n).config_class for n in SELECTORS.names()]
     missing = []

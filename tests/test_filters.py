@@ -13,8 +13,8 @@ from deita.selection.filters import (
     greedy_diverse,
     greedy_diverse_naive,
     l2_normalize,
-    score_order,
 )
+from deita.selection.ranking import score_order
 
 BLOCKS = [1, 2, 7, 64, 1024]
 TAU = 0.9
@@ -52,21 +52,6 @@ def _tricky_pool(seed=0, dim=48):
     scores[rng.choice(len(rows), 15, replace=False)] = np.nan
     perm = rng.permutation(len(rows))  # interleave clusters in pool order
     return emb[perm], scores[perm]
-
-
-# --------------------------------------------------------------------------------------- score_order
-
-
-def test_score_order_descending_ties_by_index_nan_excluded():
-    s = [2.0, np.nan, 5.0, 2.0, 5.0, -1.0, np.nan, 2.0]
-    assert score_order(s).tolist() == [2, 4, 0, 3, 7, 5]
-    assert score_order([np.nan, np.nan]).tolist() == []
-    assert score_order([]).dtype == np.int64
-
-
-def test_score_order_rejects_2d():
-    with pytest.raises(ValueError, match="1-D"):
-        score_order(np.zeros((2, 2)))
 
 
 # --------------------------------------------------------------------------------------- l2_normalize

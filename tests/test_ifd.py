@@ -19,12 +19,15 @@ def test_ifd_math_by_hand():
     assert math.isnan(P.ifd_score(math.nan, 2.0))
 
 
-def test_select_by_ifd_rules():
+def test_ifd_ranking_rules():
+    from deita.selection.methods.ifd import ifd_ranking
+
     s = [0.5, 1.0, 0.9, np.nan, 1.2, 0.9]
-    assert P.select_by_ifd(s, strict=True, rate=None, rate_base="pool", budget=-1) == [2, 5, 0]
-    assert P.select_by_ifd(s, strict=False, rate=None, rate_base="kept", budget=2) == [1, 2]
-    assert P.select_by_ifd(s, strict=True, rate=0.5, rate_base="pool", budget=-1) == [2, 5, 0]
-    assert P.select_by_ifd(s, strict=False, rate=0.5, rate_base="kept", budget=-1) == [1, 2]
+    assert ifd_ranking(s, max_ifd=1.0, strict=True, rate=None, rate_base="pool") == [2, 5, 0]
+    assert ifd_ranking(s, max_ifd=1.0, strict=False, rate=None, rate_base="kept") == [1, 2, 5, 0]
+    assert ifd_ranking(s, max_ifd=1.0, strict=True, rate=0.5, rate_base="pool") == [2, 5, 0]  # 6 × 0.5
+    assert ifd_ranking(s, max_ifd=1.0, strict=False, rate=0.5, rate_base="kept") == [1, 2]  # 4 × 0.5
+    assert ifd_ranking(s, max_ifd=0.9, strict=False, rate=None, rate_base="kept") == [2, 5, 0]
 
 
 def test_prompts():
@@ -77,9 +80,8 @@ def test_method_end_to_end(method, tiny_llama, tmp_path):
     from deita.cache import ContentCache
     from deita.distributed import DistInfo
     from deita.selection.base import SELECTORS, SelectionContext
-    from deita.selection.methods import load_all
+    from deita.selection.stage import rank_and_cut
 
-    load_all()
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"Write {w} list"},
                                         {"role": "assistant", "content": f"The {w} list is one two {i}"}]}
             for i, w in enumerate(["data", "code", "story", "poem", "email", "sort"])]
@@ -87,10 +89,10 @@ def test_method_end_to_end(method, tiny_llama, tmp_path):
     cfg = cls.config_class(model="tiny", sample_rate=0.5, batch_size=4, budget=-1)
     ctx = SelectionContext(cache=ContentCache(tmp_path), dist=DistInfo(), data_fingerprint="fp",
                            model_resolver=lambda ref: str(tiny_llama))
-    res = cls(cfg).select(rows, ctx)
+    res, order = rank_and_cut(cls(cfg), rows, ctx)
     ifd = np.array(res.table["ifd"])
     assert len(ifd) == 6 and not np.isnan(ifd).any()
-    assert all(ifd[res.order[k]] >= ifd[res.order[k + 1]] for k in range(len(res.order) - 1))
-    assert all(ifd[i] <= 1 for i in res.order) and len(res.order) <= 3
-    again = cls(cfg).select(rows, ctx)
+    assert all(ifd[order[k]] >= ifd[order[k + 1]] for k in range(len(order) - 1))
+    assert all(ifd[i] <= 1 for i in order) and len(order) <= 3
+    again, _ = rank_and_cut(cls(cfg), rows, ctx)
     assert again.table["ifd"] == res.table["ifd"] and ctx.cache.stats["hits"]

@@ -21,9 +21,8 @@ def test_file_anchors_and_diversity_filter(tmp_path, tiny_llama):
     from deita.selection.embedders import EMBEDDERS
     from deita.selection.embedders.render import render_rows
     from deita.selection.filters import greedy_diverse_naive
-    from deita.selection.methods import load_all
+    from deita.selection.stage import rank_and_cut
 
-    load_all()
     anchors = tmp_path / "anchors.json"
     anchors.write_text(json.dumps([{"instruction": f"Say {w}", "output": f"{w} {w}"} for w in ("yes", "no", "maybe")]))
     rows = _rows()
@@ -33,7 +32,7 @@ def test_file_anchors_and_diversity_filter(tmp_path, tiny_llama):
     cfg = nuggets.config_class(model="tiny", mode="clean", anchor_max_length=48, threshold=None, top_k=6,
                                diversity=True, tau=0.995, diversity_embedder="clm_mean")
     cfg.anchors.method, cfg.anchors.path = "file", str(anchors)
-    result = nuggets(cfg).select(rows, ctx)
+    result, order = rank_and_cut(nuggets(cfg), rows, ctx)
 
     assert result.report["anchors"] == 3 and not any(result.table["is_anchor"])  # file anchors are not pool rows
     gs = np.asarray(result.table["golden_score"])
@@ -41,7 +40,7 @@ def test_file_anchors_and_diversity_filter(tmp_path, tiny_llama):
     accepted = sorted(range(len(rows)), key=lambda i: (-gs[i], i))[:6]  # top_k by GS, ties by index
     emb = EMBEDDERS.get("clm_mean")(str(tiny_llama)).embed_texts(render_rows([rows[i] for i in accepted], "vicuna_v1.1"))
     expected = [accepted[j] for j in greedy_diverse_naive(emb, np.arange(6), tau=0.995, budget=-1)]
-    assert result.order == expected
+    assert result.ranking == order == expected  # budget -1: the stage keeps the whole ranking
     assert result.report["accepted_by_rule"] == 6
     assert result.report["rejected_by_tau"] == 6 - len(expected)
     assert 0 < len(expected) < 6  # the filter really rejected some rows at this tau

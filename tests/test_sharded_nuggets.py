@@ -20,28 +20,27 @@ SCRIPT = textwrap.dedent(
     from deita.cache import ContentCache
     from deita.distributed import init_distributed, shutdown
     from deita.selection.base import SELECTORS, SelectionContext
-    from deita.selection.methods import load_all
+    from deita.selection.stage import rank_and_cut
 
     model_dir, out, cache_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     dist = init_distributed()
-    load_all()
     words = ["data", "code", "story", "poem", "email", "sort", "number", "text", "answer"]
     rows = [{"id": str(i), "messages": [{"role": "user", "content": f"Write a {w} list for {i}"},
                                         {"role": "assistant", "content": f"The {w} list is one two {i * 7}"}]}
             for i, w in enumerate(words)]
-    ctx = SelectionContext(cache=ContentCache(cache_dir, is_writer=dist.is_main, enabled=False), dist=dist,
+    ctx = SelectionContext(cache=ContentCache(cache_dir, is_writer=dist.is_main), dist=dist,
                            data_fingerprint="fp", model_resolver=lambda ref: model_dir)
     nug = SELECTORS.get("nuggets")
     cfg = nug.config_class(model="tiny", mode="clean", anchor_max_length=48, threshold=None, top_k=4,
                            anchor_batch_size=2, candidate_batch_size=2)
     cfg.anchors.method = "random"
     cfg.anchors.k = 3
-    res = nug(cfg).select(rows, ctx)
+    res, order = rank_and_cut(nug(cfg), rows, ctx)
     sup = SELECTORS.get("superfilter")
-    res2 = sup(sup.config_class(model="tiny", sample_rate=0.5, batch_size=3)).select(rows, ctx)
+    res2, order2 = rank_and_cut(sup(sup.config_class(model="tiny", sample_rate=0.5, batch_size=3)), rows, ctx)
     if dist.is_main:
-        json.dump({"world": dist.world_size, "gs": res.table["golden_score"], "order": res.order,
-                   "ifd": res2.table["ifd"], "order2": res2.order}, open(out, "w"))
+        json.dump({"world": dist.world_size, "gs": res.table["golden_score"], "order": order,
+                   "ifd": res2.table["ifd"], "order2": order2}, open(out, "w"))
     shutdown()
     """
 )

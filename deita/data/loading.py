@@ -23,6 +23,7 @@ from deita.data import formats_reference  # noqa: F401  (registers the opt-in re
 from deita.data.formats import FORMATS, KINDS, Format, detect_format, normalise_record
 from deita.distributed import env_dist
 from deita.fingerprint import hash_rows
+from deita.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -351,18 +352,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def write_jsonl(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Write ``rows`` one JSON object per line (gzip if the name ends in .gz), atomically: a temp
-    file in the same folder, then ``os.replace``. Returns the path."""
+    """Write ``rows`` one JSON object per line (gzip if the name ends in .gz), atomically
+    (:func:`deita.io.atomic_path`). Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         opener = gzip.open(tmp, "wt", encoding="utf-8") if path.name.endswith(".gz") else open(tmp, "w", encoding="utf-8")
         with opener as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -1,5 +1,5 @@
-"""The answer files the judges read: FastChat ``model_answer`` JSONL and AlpacaEval JSON. Pure builders
-plus atomic writers.
+"""The answer files the judges read: FastChat ``model_answer`` JSONL and AlpacaEval JSON. Pure builders;
+the eval stage writes them atomically (:mod:`deita.io`).
 
 FastChat llm_judge (``gen_judgment.py``) joins answers to questions by ``question_id`` and takes the model
 name from the answer file's name, so the file is ``model_answer/<model_id>.jsonl`` and ``question_id``
@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from pathlib import Path
-from typing import Any
 
 from deita.data.loading import DATA_SUFFIXES
 
@@ -91,17 +88,3 @@ def alpaca_eval_outputs(rows: list[dict], answers: list[list[str]], model_id: st
          "dataset": row.get("category") or dataset}
         for row, turns in zip(rows, answers)
     ]
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON (non-ASCII kept) to a temp file beside ``path``, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

@@ -22,6 +22,7 @@ from deita.data.loading import load_rows, write_jsonl
 from deita.evaluation import formats
 from deita.evaluation.generate import answer_prompts, load_policy
 from deita.evaluation.heldout import HELDOUT_MAX_ROWS, heldout_loss, pick_heldout
+from deita.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def write_answers(work_dir: Path, pset: dict, answers: list[list[str]], model_id
         write_jsonl(formats.fastchat_answers(pset["rows"], answers, model_id), path)
         written.append(path)
     path = out_dir / "alpaca_eval.json"
-    formats.write_json_atomic(formats.alpaca_eval_outputs(pset["rows"], answers, model_id, pset["stem"]), path)
+    write_json_atomic(path, formats.alpaca_eval_outputs(pset["rows"], answers, model_id, pset["stem"]))
     written.append(path)
     return [str(p.relative_to(work_dir)) for p in written]
 

@@ -1,14 +1,15 @@
 """The contract every selection method fulfils.
 
 A selection method reads the canonical pool and returns a :class:`SelectionResult`: one table row per
-pool row (its scores) and the pool positions it keeps, in selection order. The select stage
-(:mod:`deita.selection.stage`) owns loading, caching, sharding and writing; methods own the math.
+pool row (its scores) and its ranking, the pool positions it accepts, best first. The select stage
+(:mod:`deita.selection.stage`) cuts the ranking to ``selection.budget`` (the one budget rule) and owns
+loading, caching, sharding and writing; methods own the math.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from deita.registry import Registry
 
@@ -20,7 +21,9 @@ class SelectionConfig:
     method: str = "random"
     """Registry name of the selection method: random, length, deita, nuggets, ifd, superfilter, ..."""
     budget: int = 100
-    """Rows to select. -1 keeps every row the method accepts (e.g. dedup at tau without a budget)."""
+    """Rows to select: the first ``budget`` rows of the method's ranking; -1 keeps every row the method
+    accepts (e.g. dedup at tau). A shorter ranking selects fewer rows, with a warning (report, manifest,
+    log); an empty selection, or one smaller than ``sft.per_device_batch_size`` when sft runs, stops the run."""
     seed: int = 0
     """Seed for every random choice the method makes."""
     on_error: str = "raise"
@@ -30,17 +33,22 @@ class SelectionConfig:
 
 @dataclass
 class SelectionResult:
-    """What a method returns to the select stage.
-
-    ``table`` has one entry per pool row, in pool order: column name → list of values (scores, per-turn
-    score lists, flags). ``order`` lists the selected pool positions in selection order (best first).
-    ``report`` carries method-specific figures for the selection report (counts, rejected-by-tau, ...).
-    """
+    """What a method returns to the select stage: a ranking, which the stage cuts to the budget."""
 
     table: dict[str, list[Any]]
-    order: list[int]
+    """One entry per pool row, in pool order: column name → list of values (scores, per-turn score
+    lists, flags)."""
+    ranking: list[int]
+    """The pool positions the method accepts, best first. It may stop at the ``limit`` the stage passed;
+    it is never cut to the budget by the method."""
+    shortfall: str = ""
+    """Why the ranking holds fewer rows than the pool, in the user's terms: what the method's rules
+    rejected and which config key to change (``0 of 200 rows have golden score > 0.85; lower
+    selection.threshold or use top_k``). The stage quotes it when the selection is empty or short."""
     report: dict[str, Any] = field(default_factory=dict)
+    """Method-specific figures for the selection report (counts, rejected-by-tau, timings, ...)."""
     plots: dict[str, Callable[[Any], None]] = field(default_factory=dict)
+    """Plot name → function that draws it on a matplotlib axis."""
 
 
 @dataclass
@@ -65,8 +73,13 @@ class Selector:
     def __init__(self, cfg: Any):
         self.cfg = cfg
 
-    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:  # pragma: no cover
-        """Score ``rows`` (canonical rows) and choose at most ``cfg.budget`` of them."""
+    def rank(self, rows: list[dict], ctx: SelectionContext, limit: Optional[int]) -> SelectionResult:  # pragma: no cover
+        """Score ``rows`` (canonical rows) and rank the ones this method accepts, best first.
+
+        ``limit`` is the most rows the stage will keep (None: all). A method whose ranking is built one
+        row at a time (the greedy diversity filter, a random draw) stops once it has ``limit`` rows;
+        the others rank every accepted row. The stage, not the method, cuts the ranking to the budget.
+        """
         raise NotImplementedError
 
     def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
@@ -91,4 +104,6 @@ class Selector:
         return passes
 
 
-SELECTORS: Registry[type[Selector]] = Registry("selection method")
+SELECTORS: Registry[type[Selector]] = Registry("selection method", discover="deita.selection.methods")
+"""Method name (``selection.method``) → :class:`Selector` subclass; filled from ``deita/selection/methods/``
+on first lookup."""

@@ -2,7 +2,7 @@
 
 Semantics (reference: hkust-nlp/deita ``IterativeFilter.filter`` at batch_size 1, the shipped default):
 
-1. Order the pool by score, best first (:func:`score_order`).
+1. Order the pool by score, best first (:func:`deita.selection.ranking.score_order`).
 2. Always keep the first candidate.
 3. Walk the order; reject a candidate iff its cosine similarity to *any* already-kept sample is
    ``> tau`` (strict), i.e. keep it iff its max similarity to the kept set is ``<= tau``.
@@ -43,23 +43,6 @@ _U32 = 2.0**-24
 """Unit roundoff of float32."""
 _U64 = 2.0**-53
 """Unit roundoff of float64."""
-
-
-def score_order(scores: Any) -> np.ndarray:
-    """Pool indices sorted by score, highest first; the candidate order of the greedy filter.
-
-    Ties are broken by the original (pool) index, ascending: a stable sort, so the order is reproducible
-    across platforms and library versions. The reference sorts with pandas' default (unstable) quicksort,
-    so its order among tied scores is arbitrary; this is a deliberate, documented difference.
-    NaN scores mark rows that could not be scored: they are excluded from the order entirely (the
-    reference would sort them last and could still select them). ``+inf``/``-inf`` sort as values.
-    Returns an int64 array of length ``#non-NaN scores``.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 1:
-        raise ValueError(f"score_order: expected a 1-D array of scores, found shape {s.shape}")
-    valid = np.flatnonzero(~np.isnan(s))
-    return valid[np.argsort(-s[valid], kind="stable")].astype(np.int64)
 
 
 def _as_f32_matrix(emb: Any) -> np.ndarray:
@@ -186,7 +169,7 @@ def greedy_diverse_naive(emb: Any, order: Any, tau: float = 0.9, budget: int = -
     """Oracle greedy filter: one candidate at a time, exactly the reference's batch_size=1 semantics.
 
     ``emb`` is the (N, D) pool embedding matrix (not necessarily normalised), ``order`` the candidate
-    pool indices best first (see :func:`score_order`). Keeps the first candidate, then each candidate whose
+    pool indices best first (``ranking.score_order``). Keeps the first candidate, then each candidate whose
     max cosine similarity to the kept set is ``<= tau`` (reject iff ``> tau``), until ``budget`` are kept
     (``-1``: no limit). Similarities are float64 dot products of the float32-normalised rows; borderline
     ones are settled by the shared exact rule (see the module docstring). Returns the kept pool indices in

@@ -22,7 +22,7 @@ selected); the references write 0 or skip it.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -64,21 +64,6 @@ def ifd_score(loss_condition: float, loss_direct: float, ratio: str = "ppl") -> 
     if ratio == "loss":
         return loss_condition / loss_direct if loss_direct != 0 else math.nan
     raise ValueError(f"IFD ratio must be 'ppl' or 'loss', got {ratio!r}")
-
-
-def select_by_ifd(scores, *, max_ifd: float = 1.0, strict: bool, rate: Optional[float], rate_base: str,
-                  budget: int) -> list[int]:
-    """Drop NaN and IFD above ``max_ifd`` (``strict``: also == max_ifd), rank the rest by descending IFD
-    (ties by index), then keep ``int(base * rate)`` rows (base = ``pool`` size or ``kept`` count) when
-    ``rate`` is set, else ``budget`` rows (-1: all)."""
-    s = np.asarray(scores, dtype=np.float64)
-    ok = ~np.isnan(s) & ((s < max_ifd) if strict else (s <= max_ifd))
-    idx = np.flatnonzero(ok)
-    ranked = idx[np.lexsort((idx, -s[idx]))].tolist()
-    if rate is not None:
-        base = len(s) if rate_base == "pool" else len(ranked)
-        return ranked[: int(base * rate)]
-    return ranked if budget < 0 else ranked[:budget]
 
 
 def ifd_sequences(tok, instruction: str, input: str, output: str, *, prompt: str, max_length: int,

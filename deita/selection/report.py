@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
+from deita.io import write_text_atomic
 from deita.selection.base import SelectionResult
 
 SKIP_COLUMNS = {"id", "selected", "rank"}
@@ -38,8 +40,10 @@ def plot_histogram(ax, pool_values, selected_values, column: str) -> None:
     ax.legend()
 
 
-def write_report(out_dir: Path, table, result: SelectionResult, sel_cfg, counts: dict) -> None:
-    """Write ``report.md`` and ``plots/*.png`` into ``out_dir``."""
+def write_report(out_dir: Path, table, result: SelectionResult, sel_cfg, counts: dict,
+                 problem: Optional[str] = None) -> None:
+    """Write ``report.md`` and ``plots/*.png`` into ``out_dir``; ``problem`` (a selection smaller than the
+    budget or than a later stage needs) is shown under the counts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,6 +56,7 @@ def write_report(out_dir: Path, table, result: SelectionResult, sel_cfg, counts:
         "",
         f"- pool rows: {counts['pool_rows']}",
         f"- selected rows: {counts['selected_rows']} (budget {sel_cfg.budget})",
+        *([f"- **shortfall**: {problem}"] if problem else []),
         f"- malformed records skipped at load: {counts.get('skipped_records', 0)}",
     ]
     for key, value in sorted(result.report.items()):
@@ -78,4 +83,4 @@ def write_report(out_dir: Path, table, result: SelectionResult, sel_cfg, counts:
     pngs = sorted(p.name for p in plots_dir.glob("*.png"))
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{name}](plots/{name})" for name in pngs]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
+from deita.config import SelectionModels
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
 
 SORT_COLUMNS = {"evol": "evol_score", "complexity": "complexity", "quality": "quality"}
@@ -28,9 +30,9 @@ SORT_COLUMNS = {"evol": "evol_score", "complexity": "complexity", "quality": "qu
 class DeitaScorerOptions:
     """The complexity and quality scorers (LLM judges emitting a 1-6 digit)."""
 
-    complexity_model: str = "hkust-nlp/deita-complexity-scorer"
+    complexity_model: str = SelectionModels.deita_complexity
     """Model ref of the complexity scorer (hub name, local folder, ``tiny:llama``, ``packaged:smollm2``)."""
-    quality_model: str = "hkust-nlp/deita-quality-scorer"
+    quality_model: str = SelectionModels.deita_quality
     """Model ref of the quality scorer."""
     max_length: int = 2048
     """Prompt tokens kept per turn; longer turns lose the middle of their text (the template survives)."""
@@ -47,9 +49,9 @@ class DeitaScorerOptions:
 class DeitaEmbedderOptions:
     """The embedder whose cosine similarities drive the diversity filter."""
 
-    kind: str = "clm_last"
+    kind: str = SelectionModels.embedder_kind
     """Embedder: clm_last (reference: last real token's final hidden state), clm_mean, sentence_transformers."""
-    model: str = "mistralai/Mistral-7B-v0.1"
+    model: str = SelectionModels.embedder
     """Model ref of the embedding model (the repo default; the paper used LLaMA-1-13B)."""
     max_length: int = 2048
     """Tokens kept per conversation (truncated on the right, as the reference)."""
@@ -149,12 +151,14 @@ class DeitaSelector(Selector):
                           template=e.template, max_length=e.max_length, batch_size=e.batch_size, dtype=e.dtype,
                           device=e.device, padding_side=e.padding_side, trust_remote_code=self.cfg.trust_remote_code)
 
-    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:
-        """Run the DEITA steps over ``rows``; see the module docstring for the table columns."""
+    def rank(self, rows: list[dict], ctx: SelectionContext, limit: Optional[int]) -> SelectionResult:
+        """Run the DEITA steps over ``rows``; see the module docstring for the table columns. The greedy
+        filter stops once it has kept ``limit`` rows."""
         import numpy as np
 
-        from deita.selection.filters import greedy_diverse, score_order
         from deita.models.loading import resolve_device
+        from deita.selection.filters import greedy_diverse
+        from deita.selection.ranking import score_order
 
         cfg, timings = self.cfg, {}
         t0 = time.perf_counter()
@@ -165,10 +169,11 @@ class DeitaSelector(Selector):
             raise KeyError(f"selection.sort_key {cfg.sort_key!r}: no column {column!r}; have {sorted(table)}")
         keys = np.asarray(table[column], dtype=np.float64)
         order = score_order(keys)
-        budget = int(cfg.budget)
         nn_sim = [math.nan] * len(rows)
         report = {"sort_key": column, "pool_rows": len(rows), "scored_rows": int(order.size),
                   "nan_rows": int(len(rows) - order.size)}
+        shortfall = (f"{order.size} of {len(rows)} rows have a finite {column} ({len(rows) - order.size} could not be "
+                     "scored, see score_error)")
         for kind in ("complexity", "quality"):
             if f"{kind}_turns" in table:
                 report[f"{kind}_nan_turns"] = int(sum(math.isnan(v) for t in table[f"{kind}_turns"] for v in t))
@@ -181,21 +186,24 @@ class DeitaSelector(Selector):
             valid = np.flatnonzero(~np.isnan(keys))
             local = np.empty(len(rows), dtype=np.int64)
             local[valid] = np.arange(valid.size)
-            res = greedy_diverse(emb[valid], local[order], tau=cfg.tau, budget=budget, block_size=cfg.block_size,
-                                 device=resolve_device(cfg.filter_device), progress=ctx.dist.is_main)
-            selected = [int(valid[i]) for i in res.kept]
-            for pos, i in enumerate(selected):
+            res = greedy_diverse(emb[valid], local[order], tau=cfg.tau, budget=-1 if limit is None else limit,
+                                 block_size=cfg.block_size, device=resolve_device(cfg.filter_device),
+                                 progress=ctx.dist.is_main)
+            ranking = [int(valid[i]) for i in res.kept]
+            for pos, i in enumerate(ranking):
                 nn_sim[i] = float(res.nn_sim[pos])
             timings["filter_s"] = time.perf_counter() - t2
             report.update(tau=float(cfg.tau), rejected_by_tau=int(res.rejected), scanned=int(res.scanned),
                           embedding_dim=int(emb.shape[1]))
+            shortfall += (f"; the tau={cfg.tau} filter rejected {res.rejected} of them as too similar to a kept "
+                          "row; raise selection.tau to keep more")
         else:
-            selected = [int(i) for i in (order if budget < 0 else order[:budget])]
+            ranking = order.tolist()
         table["nn_sim"] = nn_sim
-        report.update(selected_rows=len(selected), timings=timings)
-        kept_sims = [nn_sim[i] for i in selected[1:]]
+        report.update(timings=timings)
+        kept_sims = [nn_sim[i] for i in ranking[1:]]
         plots = {"deita_nn_similarity": _nn_hist(kept_sims, float(cfg.tau))} if cfg.diversity else {}
-        return SelectionResult(table=table, order=selected, report=report, plots=plots)
+        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report=report, plots=plots)
 
 
 def _nn_hist(sims: list[float], tau: float):

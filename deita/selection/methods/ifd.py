@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from deita.config import SelectionModels
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
 
 
@@ -20,20 +21,25 @@ class IfdSelectionConfig(SelectionConfig):
 
     method: str = "ifd"
     """Registry name."""
-    model: str = "huggyllama/llama-7b"
-    """Scoring LM. Cherry uses a briefly trained 'pre-experienced' LLaMA-7B."""
+    model: str = SelectionModels.ifd
+    """Scoring LM. Cherry uses a briefly trained 'pre-experienced' LLaMA-7B, Superfiltering GPT-2 124M
+    (offline: packaged:smollm2 or tiny:llama)."""
     prompt: str = "alpaca"
-    """Instruction template: 'alpaca' (Cherry) or 'none' (Superfiltering)."""
+    """Instruction template: 'alpaca' (Cherry) or 'none' (Superfiltering: "{instruction}\\n{input}\\n" or
+    "{instruction}\\n")."""
     max_length: int = 512
-    """Token budget of the conditional text (Cherry: 512)."""
+    """Token budget of the conditional text (Cherry: 512, Superfiltering: 1024)."""
     direct: str = "cherry"
-    """How the answer-alone text is built: 'cherry' ('### Response:' + output) or 'superfilter' (output)."""
+    """How the answer-alone text is built: 'cherry' ('### Response:' + output) or 'superfilter' (the output
+    alone, first token unscored)."""
     ratio: str = "ppl"
     """'ppl': ppl(A|Q)/ppl(A) (the stored ifd_ppl); 'loss': mean-loss ratio (Cherry's data_by_IFD.py)."""
     max_ifd: float = 1.0
-    """Rows with IFD above this are dropped (Cherry drops > 1 and keeps == 1)."""
+    """Rows with IFD above this are dropped; ifd keeps IFD == max_ifd (as Cherry), superfilter drops it."""
     sample_rate: Optional[float] = None
-    """Keep int(#kept * sample_rate) rows (Cherry's --sample_rate); None uses ``budget``."""
+    """Keep the top int(base * sample_rate) rows, base = the rows max_ifd keeps (ifd: Cherry's --sample_rate)
+    or the whole pool (superfilter; its reference hard-codes 52002 as the pool size). null keeps every row
+    max_ifd keeps."""
     batch_size: int = 8
     """Sequences per forward (results do not depend on it)."""
     dtype: str = "float32"
@@ -46,22 +52,15 @@ class IfdSelectionConfig(SelectionConfig):
 
 @dataclass
 class SuperfilterSelectionConfig(IfdSelectionConfig):
-    """Superfiltering (tianyi-lab/Superfiltering, ``code_ifd/``): IFD from a small model."""
+    """Superfiltering (tianyi-lab/Superfiltering, ``code_ifd/``): IFD from a small model (GPT-2), the
+    answer alone as the direct text, 1024 tokens, the top 10% of the pool. Keys as for ``selection=ifd``."""
 
     method: str = "superfilter"
-    """Registry name."""
-    model: str = "gpt2"
-    """Small scoring LM (reference: GPT-2 124M; offline: packaged:smollm2 or tiny:llama)."""
+    model: str = SelectionModels.superfilter
     prompt: str = "none"
-    """'none': "{instruction}\\n{input}\\n" or "{instruction}\\n"."""
     max_length: int = 1024
-    """Token budget (reference: 1024)."""
     direct: str = "superfilter"
-    """The answer alone, first token unscored."""
-    ratio: str = "ppl"
-    """ifd_ppl = ppl_A_condition / ppl_A_direct."""
     sample_rate: Optional[float] = 0.1
-    """Keep int(pool size * sample_rate) rows (the reference hard-codes 52002 as the pool size)."""
 
 
 def ifd_table(rows: list[dict], cfg, ctx) -> dict[str, list[float]]:
@@ -98,24 +97,43 @@ def ifd_table(rows: list[dict], cfg, ctx) -> dict[str, list[float]]:
     return table
 
 
+def ifd_ranking(scores, *, max_ifd: float, strict: bool, rate: Optional[float], rate_base: str) -> list[int]:
+    """Drop NaN and IFD above ``max_ifd`` (``strict``: also == max_ifd), rank the rest by descending IFD
+    (ties by index), then keep the first ``int(base * rate)`` (base = ``pool`` size or ``kept`` count) when
+    ``rate`` is set."""
+    import numpy as np
+
+    from deita.selection.ranking import score_order
+
+    s = np.asarray(scores, dtype=np.float64)
+    ok = (s < max_ifd) if strict else (s <= max_ifd)
+    ranked = score_order(np.where(ok, s, np.nan)).tolist()
+    if rate is None:
+        return ranked
+    return ranked[: int((len(s) if rate_base == "pool" else len(ranked)) * rate)]
+
+
 @SELECTORS.register("ifd")
 class IfdSelector(Selector):
-    """Cherry IFD: drop IFD > max_ifd, keep the top share by descending IFD."""
+    """Cherry IFD: drop IFD > max_ifd, rank the rest by descending IFD, keep the top share (sample_rate)."""
 
     config_class = IfdSelectionConfig
     strict = False
     rate_base = "kept"
 
-    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:
-        from deita.selection.perplexity import select_by_ifd
-
-        table = ifd_table(rows, self.cfg, ctx)
-        order = select_by_ifd(table["ifd"], max_ifd=self.cfg.max_ifd, strict=self.strict,
-                              rate=self.cfg.sample_rate, rate_base=self.rate_base, budget=self.cfg.budget)
-        if self.cfg.sample_rate is not None and self.cfg.budget >= 0:
-            order = order[: self.cfg.budget]
+    def rank(self, rows: list[dict], ctx: SelectionContext, limit: Optional[int]) -> SelectionResult:
+        """IFD for every row (cached), then :func:`ifd_ranking`."""
+        cfg = self.cfg
+        table = ifd_table(rows, cfg, ctx)
+        ranking = ifd_ranking(table["ifd"], max_ifd=cfg.max_ifd, strict=self.strict, rate=cfg.sample_rate,
+                              rate_base=self.rate_base)
         nan = sum(1 for v in table["ifd"] if v != v)
-        return SelectionResult(table=table, order=order, report={"unscored_rows": nan})
+        below = ifd_ranking(table["ifd"], max_ifd=cfg.max_ifd, strict=self.strict, rate=None, rate_base="pool")
+        shortfall = (f"{len(below)} of {len(rows)} rows have IFD {'<' if self.strict else '<='} {cfg.max_ifd} "
+                     f"({nan} could not be scored); raise selection.max_ifd")
+        if cfg.sample_rate is not None:
+            shortfall += f", or sample_rate={cfg.sample_rate}, which keeps {len(ranking)} of them"
+        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report={"unscored_rows": nan})
 
 
 @SELECTORS.register("superfilter")

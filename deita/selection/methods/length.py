@@ -1,13 +1,14 @@
 """The length baseline: keep the longest rows (the paper's "Instruction Length" / "Response Length").
 
 Length is summed over all turns of a conversation: assistant messages for ``field=response``, user
-messages for ``field=instruction``, both for ``field=total`` (system messages are never counted). The
-``budget`` longest rows are selected, longest first; equal lengths keep pool order (lower index first).
+messages for ``field=instruction``, both for ``field=total`` (system messages are never counted). Rows are
+ranked longest first; equal lengths keep pool order (lower index first); the stage keeps ``budget`` of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
 
@@ -58,7 +59,7 @@ def row_length(row: dict, field: str, unit: str, where: str = "row") -> int:
 
 @SELECTORS.register("length")
 class LengthSelector(Selector):
-    """Selects the ``budget`` longest rows (``-1``: all rows, longest first); ties by pool index."""
+    """Ranks every row by length, longest first; ties by pool index."""
 
     config_class = LengthSelectionConfig
 
@@ -66,23 +67,15 @@ class LengthSelector(Selector):
         super().__init__(cfg)
         validate_length_config(cfg)
 
-    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:
-        """Measure every row and return the longest ``budget`` in descending length order."""
-        from deita.selection.filters import score_order
+    def rank(self, rows: list[dict], ctx: SelectionContext, limit: Optional[int]) -> SelectionResult:
+        """Measure every row and rank all of them by descending length."""
+        from deita.selection.ranking import score_order
 
-        budget = self.cfg.budget
-        if budget < -1:
-            raise ValueError(f"selection.budget: expected -1 (all) or a count >= 0, found {budget}")
         lengths = [
             row_length(r, self.cfg.field, self.cfg.unit, where=f"row {i} (id={r.get('id')!r})" if isinstance(r, dict) else f"row {i}")
             for i, r in enumerate(rows)
         ]
-        order = score_order(lengths).tolist()
-        if budget >= 0:
-            order = order[:budget]
         column = f"length_{self.cfg.field}_{self.cfg.unit}"
-        return SelectionResult(
-            table={column: lengths},
-            order=order,
-            report={"field": self.cfg.field, "unit": self.cfg.unit, "selected": len(order), "pool": len(rows)},
-        )
+        return SelectionResult(table={column: lengths}, ranking=score_order(lengths).tolist(),
+                               shortfall=f"the pool has {len(rows)} rows",
+                               report={"field": self.cfg.field, "unit": self.cfg.unit})

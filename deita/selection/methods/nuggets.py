@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from deita.config import SelectionModels
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
 
 
@@ -47,8 +48,9 @@ class NuggetsSelectionConfig(SelectionConfig):
     method: str = "nuggets"
     """Registry name."""
     budget: int = -1
-    """Rows to keep after the rule (and the diversity filter); -1 keeps every row the rule accepts."""
-    model: str = "huggyllama/llama-7b"
+    """Rows to keep from the ranking (the rule's rows, after the diversity filter); -1 keeps every row the
+    rule accepts."""
+    model: str = SelectionModels.nuggets
     """Scoring LLM (model ref: hub name, folder, tiny:llama, packaged:smollm2). Reference: LLaMA-7B base."""
     mode: str = "faithful"
     """'faithful' (reference tokens and quirks, fp32, 200-token anchors) or 'clean' (BOS in both passes,
@@ -119,10 +121,12 @@ class NuggetsSelector(Selector):
             passes.insert(0, ("anchor embedding", cfg.anchors.embedder_model or cfg.model, pool_tokens))
         return passes
 
-    def select(self, rows: list[dict], ctx: SelectionContext) -> SelectionResult:
+    def rank(self, rows: list[dict], ctx: SelectionContext, limit: Optional[int]) -> SelectionResult:
+        """Golden scores → the rule's accepted rows, best first → the optional diversity filter, which stops
+        once it has kept ``limit`` rows."""
         import numpy as np
 
-        from deita.selection.filters import greedy_diverse, score_order
+        from deita.selection.filters import greedy_diverse
         from deita.selection.nuggets.golden import select_candidates
         from deita.selection.nuggets.run import golden_table
 
@@ -130,10 +134,10 @@ class NuggetsSelector(Selector):
         check_config(cfg)
         res = golden_table(rows, cfg, ctx)
         gs = res["golden_score"]
-        accepted = select_candidates(gs, threshold=cfg.threshold, top_k=cfg.top_k, top_fraction=cfg.top_fraction,
-                                     order=score_order(gs).tolist())
+        accepted = select_candidates(gs, threshold=cfg.threshold, top_k=cfg.top_k, top_fraction=cfg.top_fraction)
         report = {"accepted_by_rule": len(accepted), "anchors": len(res["zero"]),
                   "anchors_never_scored": int(sum(n == 0 for n in res["anchor_scored_tokens"]))}
+        shortfall = rule_shortfall(cfg, len(accepted), len(rows))
         if cfg.diversity and accepted:
             from deita.fingerprint import hash_rows
             from deita.models.loading import resolve_device
@@ -143,15 +147,27 @@ class NuggetsSelector(Selector):
             emb = embed_pool(subset, cfg.diversity_embedder, ctx.model_resolver(cfg.diversity_model or cfg.model),
                              cache=ctx.cache, data_fingerprint=hash_rows(subset), dist_info=ctx.dist,
                              dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
-            kept = greedy_diverse(emb, np.arange(len(accepted)), tau=cfg.tau, budget=cfg.budget,
+            kept = greedy_diverse(emb, np.arange(len(accepted)), tau=cfg.tau, budget=-1 if limit is None else limit,
                                   device=resolve_device(cfg.device), progress=ctx.dist.is_main)
-            order = [accepted[j] for j in kept.kept.tolist()]
+            ranking = [accepted[j] for j in kept.kept.tolist()]
             report["rejected_by_tau"] = int(kept.rejected)
+            shortfall += (f"; the tau={cfg.tau} diversity filter rejected {kept.rejected} of them; raise "
+                          "selection.tau to keep more")
         else:
-            order = accepted if cfg.budget < 0 else accepted[: cfg.budget]
+            ranking = accepted
         is_anchor = [False] * len(rows)
         for i in res["anchor_index"] or []:
             is_anchor[i] = True
         wins = np.rint(gs * len(res["zero"])).astype(int)
         table = {"golden_score": gs.tolist(), "anchor_wins": wins.tolist(), "is_anchor": is_anchor}
-        return SelectionResult(table=table, order=order, report=report)
+        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report=report)
+
+
+def rule_shortfall(cfg, accepted: int, pool: int) -> str:
+    """What the threshold / top_k / top_fraction rule kept, and the key that keeps more."""
+    if cfg.threshold is not None:
+        return (f"{accepted} of {pool} rows have golden score > {cfg.threshold}; lower selection.threshold or "
+                "use top_k")
+    if cfg.top_k is not None:
+        return f"top_k={cfg.top_k} keeps {accepted} of {pool} rows; raise selection.top_k"
+    return f"top_fraction={cfg.top_fraction} keeps {accepted} of {pool} rows; raise selection.top_fraction"

@@ -6,6 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+from deita.selection.ranking import score_order
+
 
 def answer_span(query_len: int, full_len: int, max_length: Optional[int]) -> tuple[int, int]:
     """[start, end) of the scored answer tokens inside an anchor truncated to ``max_length`` tokens.
@@ -35,31 +37,23 @@ def golden_scores(zero_shot: np.ndarray, one_shot: np.ndarray) -> np.ndarray:
     return wins.sum(axis=1) / wins.shape[1]
 
 
-def rank_desc(scores: np.ndarray) -> list[int]:
-    """Indices by descending score, ties by ascending index, NaN excluded."""
-    scores = np.asarray(scores, dtype=np.float64)
-    idx = np.flatnonzero(~np.isnan(scores))
-    return idx[np.lexsort((idx, -scores[idx]))].tolist()
-
-
 def select_candidates(
     scores: np.ndarray,
     *,
     threshold: Optional[float] = None,
     top_k: Optional[int] = None,
     top_fraction: Optional[float] = None,
-    order: Optional[list[int]] = None,
 ) -> list[int]:
     """Apply exactly one rule to GS: ``threshold`` (keep GS > t, strict, as ``top_sample.py``), ``top_k``
     rows, or ``top_fraction`` of the pool (``int(n * fraction)`` rows). Returns indices best first (ties
-    by index). ``order`` may pass a precomputed descending order (e.g. from ``filters.score_order``).
+    by index, NaN never kept: :func:`deita.selection.ranking.score_order`).
     """
     given = [name for name, v in (("threshold", threshold), ("top_k", top_k), ("top_fraction", top_fraction))
              if v is not None]
     if len(given) != 1:
         raise ValueError(f"Nuggets selection needs exactly one of threshold/top_k/top_fraction, got {given or 'none'}")
     scores = np.asarray(scores, dtype=np.float64)
-    ranked = rank_desc(scores) if order is None else list(order)
+    ranked = score_order(scores).tolist()
     if threshold is not None:
         return [i for i in ranked if scores[i] > threshold]
     if top_k is not None:

@@ -45,15 +45,14 @@ def score_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
     :class:`deita.cache.ContentCache`) the result is reused for the same data, model and options.
     """
     from deita.distributed import env_dist, map_sharded
-    from deita.selection.scorers import SCORERS
-    from deita.selection.scorers.deita_scorer import score_rows
+    from deita.selection.scorers.deita_scorer import DeitaScorer, score_rows
 
     info = dist_info or env_dist()
 
     def shard(part: list[dict]) -> list[tuple]:
-        scorer = SCORERS.get(kind)(model_path, dtype=dtype, device=device, max_length=max_length,
-                                   max_tokens_per_batch=max_tokens_per_batch, trust_remote_code=trust_remote_code,
-                                   show_progress=info.is_main)
+        scorer = DeitaScorer(kind, model_path, dtype=dtype, device=device, max_length=max_length,
+                             max_tokens_per_batch=max_tokens_per_batch, trust_remote_code=trust_remote_code,
+                             show_progress=info.is_main)
         cols = score_rows(part, scorer, on_error)
         del scorer
         return list(zip(cols[f"{kind}_turns"], cols[f"{kind}_truncated"], cols[f"{kind}_error"]))
