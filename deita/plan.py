@@ -68,21 +68,19 @@ def source_stats(sources, kind: str, chars_per_token: float) -> SourceStats:
     """Count rows and estimate tokens of ``sources`` (reads local files; trusts hints for hub data)."""
     from pathlib import Path
 
-    rows, tokens, exact = 0, 0.0, True
-    for src in sources:
-        if Path(str(src.path)).exists():
-            from deita.data.loading import load_rows
+    from deita.data.sources import load_sources
 
-            loaded = load_rows(str(src.path), kind=kind, fmt=src.format, on_error="skip", limit=src.limit).rows
-            rows += len(loaded)
-            tokens += sum(_text_chars(r) for r in loaded) / chars_per_token
-        else:
-            exact = False
-            n = src.approx_rows or 0
-            n = min(n, src.limit) if src.limit else n
-            rows += n
-            tokens += n * (src.approx_tokens_per_row or 0)
-    return SourceStats(rows, tokens, exact)
+    local, hub = [], []
+    for src in sources:
+        (local if Path(str(src.path)).exists() else hub).append(src)
+    loaded = load_sources(local, kind, on_error="skip").rows
+    rows, tokens = len(loaded), sum(_text_chars(r) for r in loaded) / chars_per_token
+    for src in hub:  # cannot be read offline: trust the hints
+        n = src.approx_rows or 0
+        n = min(n, src.limit) if src.limit else n
+        rows += n
+        tokens += n * (src.approx_tokens_per_row or 0)
+    return SourceStats(rows, tokens, exact=not hub)
 
 
 def gpu_hours(flops: float, opts) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deita.selection.embedders import EMBEDDERS, render_rows, render_vicuna
+from deita.data.templates import render_text
+from deita.selection.embedders import EMBEDDERS, render_rows, render_vicuna_dialogue
 from deita.selection.scorers.turns import ConversationError
 
 CONV = [
@@ -20,13 +21,15 @@ TEXTS = ["short", "a somewhat longer text about the data " * 4, "x", "write a py
 
 
 def test_vicuna_rendering_is_exact():
-    assert render_vicuna(CONV) == (
+    assert render_vicuna_dialogue(CONV) == (
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
         "detailed, and polite answers to the user's questions. USER: Hi there ASSISTANT: Hello!</s>"
         "USER: Sort [3,1] ASSISTANT: [1, 3]</s>"
     )
+    # the same FastChat renderer as SFT's vicuna_v1.1 template, minus the row's own system message
+    assert render_vicuna_dialogue(CONV) == render_text(CONV[1:], "vicuna_v1.1")
     # trailing unanswered user turn; empty message renders "ROLE:" like FastChat
-    tail = render_vicuna([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}])
+    tail = render_vicuna_dialogue([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}])
     assert tail.endswith("questions. USER: q ASSISTANT:")
     assert render_rows([{"id": "r", "messages": CONV}], "only_answer") == ["Hello!\n[1, 3]"]
     with pytest.raises(ConversationError, match="'bad'"):

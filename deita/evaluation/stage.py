@@ -18,7 +18,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from deita.data.loading import load_rows, write_jsonl
+from deita.data.loading import write_jsonl
+from deita.data.sources import load_sources, source_options
 from deita.evaluation import formats
 from deita.evaluation.generate import answer_prompts, load_policy
 from deita.evaluation.heldout import HELDOUT_MAX_ROWS, heldout_loss, pick_heldout
@@ -42,26 +43,19 @@ def final_model_dir(upstream: dict[str, Path]) -> tuple[str, Path]:
     raise RuntimeError(f"eval: needs a finished 'sft' (or 'dpo') stage upstream, found {sorted(upstream)}")
 
 
-def _opt(src, key: str, default):
-    value = src.get(key, default) if isinstance(src, (dict, DictConfig)) else getattr(src, key, default)
-    return default if value is None and default is not None else value
-
-
 def load_prompt_sets(sources, limit: int | None) -> list[dict]:
     """Each source's prompt rows (first ``limit`` when set), with its stem and detected format."""
-    sets, stems = [], {}
+    stems: dict[str, str] = {}
     for src in sources:
-        path = str(src.path)
+        path = source_options(src)["path"]
         stem = formats.source_stem(path)
         if stem in stems:
             raise ValueError(f"eval prompt sets {stems[stem]!r} and {path!r} share the name {stem!r}; "
                              "their output folders would collide: rename one file")
         stems[stem] = path
-        result = load_rows(path, kind="prompts", fmt=_opt(src, "format", "auto"), split=_opt(src, "split", "train"),
-                           on_error=_opt(src, "on_error", "raise"), limit=_opt(src, "limit", None))
-        rows = result.rows[:limit] if limit is not None else result.rows
-        sets.append({"stem": stem, "source": path, "format": result.format, "rows": rows})
-    return sets
+    return [{"stem": formats.source_stem(result.source), "source": result.source, "format": result.format,
+             "rows": result.rows[:limit] if limit is not None else result.rows}
+            for result in load_sources(sources, "prompts").results]
 
 
 def write_answers(work_dir: Path, pset: dict, answers: list[list[str]], model_id: str) -> list[str]:
@@ -90,12 +84,7 @@ def load_heldout_rows(cfg: DictConfig, run_dir: Path, cap: int) -> tuple[list[di
         return [], "data.pool is empty"
     table = pd.read_parquet(table_path, columns=["id", "selected"])
     selected = dict(zip(table["id"].astype(str), table["selected"].astype(bool)))
-    pool: list[dict] = []
-    for src in pool_sources:
-        pool.extend(load_rows(str(src.path), kind="sft", fmt=_opt(src, "format", "auto"),
-                              split=_opt(src, "split", "train"), on_error=_opt(src, "on_error", "raise"),
-                              limit=_opt(src, "limit", None)).rows)
-    rows = pick_heldout(pool, selected, cap)
+    rows = pick_heldout(load_sources(pool_sources, "sft", unique_ids=True).rows, selected, cap)
     return rows, (None if rows else "every pool row was selected")
 
 

@@ -28,29 +28,6 @@ from deita.validate import ConfigError
 log = logging.getLogger(__name__)
 
 
-def load_pool(sources) -> tuple[list[dict], dict]:
-    """Load and concatenate the pool sources into canonical rows; ids must be unique across sources."""
-    from deita.data.loading import load_rows
-
-    rows: list[dict] = []
-    per_source, skipped = {}, 0
-    for src in sources:
-        result = load_rows(str(src.path), kind="sft", fmt=src.format, split=src.split,
-                           on_error=src.on_error, limit=src.limit)
-        rows.extend(result.rows)
-        per_source[str(src.path)] = len(result.rows)
-        skipped += result.skipped
-    seen: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        if row["id"] in seen:
-            raise ValueError(
-                f"pool row id {row['id']!r} appears twice (pool rows {seen[row['id']]} and {i}); "
-                "give each source distinct ids"
-            )
-        seen[row["id"]] = i
-    return rows, {"pool_rows": len(rows), "rows_per_source": per_source, "skipped_records": skipped}
-
-
 class SelectionError(ConfigError):
     """The selection is empty or smaller than a later stage needs; the message says why and what to change."""
 
@@ -131,11 +108,14 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     """Run the configured selection method over the pool and write the stage's artifacts."""
     from deita.cache import ContentCache
     from deita.data.loading import write_jsonl
+    from deita.data.sources import load_sources
     from deita.fingerprint import hash_rows
     from deita.models.resolve import resolve_model
     from deita.selection.report import write_report
 
-    rows, counts = load_pool(cfg.data.pool)
+    pool = load_sources(cfg.data.pool, "sft", unique_ids=True)
+    rows = pool.rows
+    counts = {"pool_rows": len(rows), "rows_per_source": pool.rows_per_source, "skipped_records": pool.skipped}
     sel_cfg = cfg.selection
     selector = SELECTORS.get(sel_cfg.method)(sel_cfg)
     cache = ContentCache(Path(cfg.paths.cache_dir) / "selection", is_writer=ctx.dist.is_main)

@@ -26,15 +26,10 @@ def sample_pairs(rows: list[dict], k: int | None, seed: int) -> list[dict]:
 
 def load_preference_rows(cfg: DictConfig) -> tuple[list[dict], int]:
     """Concatenate the preference sources into canonical pairs, then apply the configured sample."""
-    from deita.data.loading import load_rows
+    from deita.data.sources import load_sources
 
-    rows, skipped = [], 0
-    for src in cfg.data.preference:
-        result = load_rows(str(src.path), kind="preference", fmt=src.format, split=src.split,
-                           on_error=src.on_error, limit=src.limit)
-        rows.extend(result.rows)
-        skipped += result.skipped
-    return sample_pairs(rows, cfg.data.preference_sample, cfg.data.sample_seed), skipped
+    loaded = load_sources(cfg.data.preference, "preference")
+    return sample_pairs(loaded.rows, cfg.data.preference_sample, cfg.data.sample_seed), loaded.skipped
 
 
 def run_dpo_stage(cfg: DictConfig, ctx) -> dict:

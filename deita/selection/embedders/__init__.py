@@ -14,7 +14,7 @@ from functools import partial
 
 from deita.registry import Registry
 from deita.selection.embedders.clm import ClmEmbedder
-from deita.selection.embedders.render import RENDERERS, render_rows, render_vicuna
+from deita.selection.embedders.render import RENDERERS, render_rows, render_vicuna_dialogue
 from deita.selection.embedders.sentence import SentenceEmbedder
 
 EMBEDDERS: Registry = Registry("embedder")
@@ -24,4 +24,4 @@ EMBEDDERS.register("clm_last")(partial(ClmEmbedder, pooling="last"))
 EMBEDDERS.register("clm_mean")(partial(ClmEmbedder, pooling="mean"))
 EMBEDDERS.register("sentence_transformers")(SentenceEmbedder)
 
-__all__ = ["EMBEDDERS", "RENDERERS", "ClmEmbedder", "SentenceEmbedder", "render_rows", "render_vicuna"]
+__all__ = ["EMBEDDERS", "RENDERERS", "ClmEmbedder", "SentenceEmbedder", "render_rows", "render_vicuna_dialogue"]

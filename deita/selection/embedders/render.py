@@ -1,40 +1,27 @@
 """Text an embedder sees for a conversation.
 
 ``vicuna_v1.1`` is the reference (hkust-nlp/deita ``embedder/utils.preprocess`` with FastChat's
-``vicuna_v1.1`` template, ``SeparatorStyle.ADD_COLON_TWO``)::
+``vicuna_v1.1`` template): the conversation's user/assistant body rendered by the one FastChat renderer,
+:func:`deita.data.templates.render_vicuna`, always with the fixed Vicuna system prompt::
 
     SYSTEM + " " + "USER: " + q1 + " " + "ASSISTANT: " + a1 + "</s>" + "USER: " + q2 + " " + ...
 
-An empty message renders as ``ROLE + ":"`` with no separator, as FastChat does. The row's own system
-message is not rendered (the reference drops a leading non-human message and always uses the fixed
-Vicuna system prompt). ``only_answer`` joins the assistant messages with "\\n" (reference option);
-``plain`` joins every user/assistant message with "\\n\\n" (for sentence embedders).
+The row's own system messages are not rendered and a leading assistant message is dropped, as the
+reference embedder does (:func:`deita.selection.scorers.turns.dialogue_messages`); SFT's template, by
+contrast, renders a first system message in place of the default. ``only_answer`` joins the assistant
+messages with "\\n" (reference option); ``plain`` joins every user/assistant message with "\\n\\n" (for
+sentence embedders).
 """
 
 from __future__ import annotations
 
+from deita.data.templates import render_vicuna
 from deita.selection.scorers.turns import dialogue_messages
 
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-"""FastChat vicuna_v1.1 system prompt."""
 
-VICUNA_ROLES = {"user": "USER", "assistant": "ASSISTANT"}
-"""Canonical role → vicuna role name."""
-
-VICUNA_SEPS = (" ", "</s>")
-"""sep (after user turns and the system prompt) and sep2 (after assistant turns)."""
-
-
-def render_vicuna(messages: list[dict], row_id: str = "?") -> str:
-    """The conversation in FastChat vicuna_v1.1 form (see module doc)."""
-    text = VICUNA_SYSTEM + VICUNA_SEPS[0]
-    for i, (role, content) in enumerate(dialogue_messages(messages, row_id)):
-        name = VICUNA_ROLES[role]
-        text += f"{name}: {content}{VICUNA_SEPS[i % 2]}" if content else f"{name}:"
-    return text
+def render_vicuna_dialogue(messages: list[dict], row_id: str = "?") -> str:
+    """The reference embedder's vicuna_v1.1 text of a conversation (see module doc)."""
+    return render_vicuna([{"role": role, "content": content} for role, content in dialogue_messages(messages, row_id)])
 
 
 def render_only_answer(messages: list[dict], row_id: str = "?") -> str:
@@ -47,7 +34,7 @@ def render_plain(messages: list[dict], row_id: str = "?") -> str:
     return "\n\n".join(c for _, c in dialogue_messages(messages, row_id))
 
 
-RENDERERS = {"vicuna_v1.1": render_vicuna, "only_answer": render_only_answer, "plain": render_plain}
+RENDERERS = {"vicuna_v1.1": render_vicuna_dialogue, "only_answer": render_only_answer, "plain": render_plain}
 """Template name (embedder config ``template``) → renderer."""
 
 

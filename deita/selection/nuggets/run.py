@@ -67,7 +67,7 @@ def anchor_indices(rows: list[dict], texts: list[tuple[str, str]], cfg, ctx, mod
 def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
     """Score every pool row. Returns ``golden_score [N]``, ``zero [M]``, ``one [N, M]``, the anchor
     descriptions and, for pool anchors, their pool indices."""
-    from deita.data.loading import load_rows
+    from deita.data.sources import load_sources
     from deita.distributed import map_sharded
     from deita.fingerprint import hash_json, model_identity
     from deita.selection.nuggets import scoring
@@ -81,7 +81,7 @@ def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
     if cfg.anchors.method == "file":
         if not cfg.anchors.path:
             raise ValueError("anchors.method=file needs anchors.path (any file the data layer loads)")
-        anchor_rows = load_rows(cfg.anchors.path, kind="sft").rows
+        anchor_rows = load_sources([cfg.anchors.path], "sft").rows
         a_texts, a_idx = [row_texts(r, i) for i, r in enumerate(anchor_rows)], None
     else:
         a_idx = anchor_indices(rows, texts, cfg, ctx, model_path)
