@@ -13,6 +13,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from deita.io import write_text_atomic
+
 
 def varying_overrides(job_overrides: list[list[str]]) -> list[dict[str, str]]:
     """Per job, the ``key: value`` of each override whose value differs between jobs (the swept keys)."""
@@ -73,5 +75,5 @@ class SweepSummary(Callback):
             return
         table = format_table(collect_rows(self.job_dirs, self.job_overrides))
         sweep_dir = self.job_dirs[0].parent
-        (sweep_dir / "sweep_summary.md").write_text("# Sweep summary\n\n" + table + "\n")
+        write_text_atomic(sweep_dir / "sweep_summary.md", "# Sweep summary\n\n" + table + "\n")
         print(f"\nSweep summary ({sweep_dir / 'sweep_summary.md'}):\n{table}")

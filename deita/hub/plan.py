@@ -16,6 +16,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deita.io import write_json_atomic
+
 DATA_PARQUET = "data/train-00000-of-00001.parquet"
 MAX_NAME = 96  # the Hub's limit on a repo name (the part after the namespace)
 
@@ -191,4 +193,4 @@ def plan_push(run_dir: Path, out: Path, *, prefix: str, private: bool = True, li
 
 def write_plan(plan: list[RepoUpload], path: Path, *, command: str) -> None:
     """``plan.json``: the command and, per repo, its id, type, visibility, commit message and files."""
-    path.write_text(json.dumps({"command": command, "repos": [asdict(r) for r in plan]}, indent=2) + "\n")
+    write_json_atomic(path, {"command": command, "repos": [asdict(r) for r in plan]})
