@@ -6,17 +6,17 @@ Trainer arguments are the one free-form node (``sft.args`` / ``dpo.args``): they
 ``SFTConfig`` / ``DPOConfig`` verbatim, which validate them (OmegaConf cannot type TRL's unions).
 
 The YAML files in ``conf/`` pick values; the docstrings under each field below are the reference for
-what each key means (the README's config reference is checked against them).
+what each key means (the README's config reference is checked against them). Each stage's own node
+(``sft``, ``dpo``, ``eval``, ...) is declared by its stage module in :mod:`deita.stages`;
+:func:`root_schema` adds those nodes to :class:`RootConfig`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
-
-STAGE_ORDER = ("select", "sft", "dpo", "eval")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class DataConfig:
     pool: List[DataSource] = field(default_factory=list)
     """Sources concatenated into the selection pool (instruction data, canonical ``messages`` rows)."""
     preference: List[DataSource] = field(default_factory=list)
-    """Sources of preference pairs for DPO (prompt/chosen/rejected)."""
+    """Sources of preference pairs (prompt/chosen/rejected) for the preference stages (dpo, ...)."""
     eval_prompts: List[DataSource] = field(default_factory=list)
     """Prompt sets (MT-Bench question.jsonl, AlpacaEval lists) the eval stage answers."""
     preference_sample: Optional[int] = None
@@ -94,7 +94,7 @@ class PeftConfig:
 
 @dataclass
 class TrainConfig:
-    """What SFT and DPO share."""
+    """What every training stage's node (``sft``, ``dpo``, ``orpo``, ...) has."""
 
     chat_template: str = "tokenizer"
     """Chat template: vicuna_v1.1, chatml, zephyr, or tokenizer (keep the tokenizer's own)."""
@@ -107,51 +107,13 @@ class TrainConfig:
     """Maximum tokens per training sequence."""
     resume: bool = True
     """Resume automatically from the last checkpoint of an unfinished run of the same stage."""
+    eval_fraction: float = 0.0
+    """Hold out this fraction of the training rows or pairs (seeded) to report eval loss; 0 disables."""
     peft: PeftConfig = field(default_factory=PeftConfig)
     """LoRA / QLoRA settings."""
     args: Dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for TRL's config (learning_rate, num_train_epochs, lr_scheduler_type,
     warmup_ratio, bf16, gradient_checkpointing, ...), validated by TRL itself."""
-
-
-@dataclass
-class SFTStageConfig(TrainConfig):
-    """Supervised fine-tuning on the selected rows (config group ``sft``)."""
-
-    packing: bool = False
-    """Pack several conversations into each sequence."""
-    assistant_only_loss: bool = True
-    """Put loss on assistant tokens only (needs ``{% generation %}`` markers in the template)."""
-    eval_fraction: float = 0.0
-    """Hold out this fraction of the selection (seeded) to report eval loss; 0 disables."""
-
-
-@dataclass
-class DPOStageConfig(TrainConfig):
-    """Direct preference optimisation from the SFT model (config group ``dpo``)."""
-
-    beta: float = 0.1
-    """DPO temperature beta."""
-    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])
-    """TRL loss types (sigmoid = the original DPO loss)."""
-    precompute_ref_log_probs: bool = False
-    """Compute the reference model's log-probs once up front instead of keeping it in memory."""
-    eval_fraction: float = 0.0
-    """Hold out this fraction of the pairs (seeded) to report eval loss; 0 disables."""
-
-
-@dataclass
-class EvalStageConfig:
-    """The eval stage: answers to benchmark prompts, in the files the judges read, plus held-out loss."""
-
-    max_new_tokens: int = 256
-    """Generation budget per answer."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 means greedy decoding."""
-    limit: Optional[int] = None
-    """Answer only the first ``limit`` prompts of each set (null: all)."""
-    model_id: str = "${recipe_name}"
-    """Name written into the answer files (FastChat model_id / AlpacaEval generator)."""
 
 
 @dataclass
@@ -268,7 +230,8 @@ class SelectionModels:
 
 @dataclass
 class RootConfig:
-    """The whole experiment. Recipes (``recipes/NAME.yaml``) override any of it."""
+    """The whole experiment. Recipes (``recipes/NAME.yaml``) override any of it. Each stage's section
+    (``sft``, ``dpo``, ``eval``, ...) is declared by the stage itself (see Stages above)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -276,13 +239,10 @@ class RootConfig:
     """The selection method's node (group ``selection``); its schema belongs to the method."""
     selection_models: SelectionModels = field(default_factory=SelectionModels)
     """Model references used by the selection methods' configs."""
-    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
-    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
-    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     stages: List[str] = field(default_factory=lambda: ["select", "sft", "dpo"])
-    """Stages to run, a subset of select, sft, dpo, eval, run in that order."""
+    """Stages to run (see Stages above); they run in pipeline order, whatever order they are listed in."""
     seed: int = 42
     """Training seed."""
     plan: bool = False
@@ -299,13 +259,33 @@ class RootConfig:
     """This run's directory (set by Hydra, deterministic: recipe + overrides)."""
 
 
+def _stages_with_a_node() -> list:
+    from deita import stages
+
+    return [stage for stage in stages.pipeline_order() if stage.config is not None]
+
+
+def root_schema() -> type:
+    """:class:`RootConfig` plus each stage's node (``cfg.<stage>``, typed by the stage's ``config``)."""
+    nodes = [(stage.name, stage.config, field(default_factory=stage.config)) for stage in _stages_with_a_node()]
+    return make_dataclass("RootConfig", nodes, bases=(RootConfig,), namespace={"__doc__": RootConfig.__doc__})
+
+
 def register_configs() -> None:
-    """Register the root schema and every selection method's schema with Hydra's ConfigStore."""
+    """Register the root schema and every selection method's schema with Hydra's ConfigStore.
+
+    The root schema carries a defaults list that picks option ``default`` of each stage's config group
+    (``conf/<stage>/default.yaml``) when that file exists, so a new stage needs no edit of
+    ``conf/config.yaml``; a recipe overrides it like any group (``override /sft: NAME``).
+    """
     from hydra.core.config_store import ConfigStore
 
     from deita.selection.base import SELECTORS
 
+    group_defaults = ["_self_"] + [{f"optional {stage.name}": "default"} for stage in _stages_with_a_node()]
+    schema = make_dataclass("RootConfig", [("defaults", List[Any], field(default_factory=lambda: list(group_defaults)))],
+                            bases=(root_schema(),), namespace={"__doc__": RootConfig.__doc__})
     cs = ConfigStore.instance()
-    cs.store(name="root_schema", node=RootConfig)
+    cs.store(name="root_schema", node=schema)
     for name in SELECTORS.names():
         cs.store(group="selection", name=f"{name}_schema", node=SELECTORS.get(name).config_class)

@@ -24,7 +24,11 @@ def field_docs(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass) or klass is object:
             continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # built at run time (the root schema adds each stage's node)
+            continue
+        tree = ast.parse(textwrap.dedent(source))
         body = tree.body[0].body
         for node, nxt in zip(body, body[1:] + [None]):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -65,12 +69,28 @@ def section(cls: type, prefix: str) -> list[str]:
     return lines
 
 
+def stage_table() -> list[str]:
+    """Markdown table of the registered stages in pipeline order: what each reads and does."""
+    from deita import stages
+
+    models = stages.model_stages()
+    lines = ["### Stages", "", "Listed in `stages`, they run in this order (the stage registry, `deita/stages/`). "
+             "A stage's required upstream stages must be in `stages` or finished in the run directory; "
+             "optional ones are read when they are.", "",
+             "| stage | needs | reads when there | what it does |", "|---|---|---|---|"]
+    for stage in stages.pipeline_order():
+        required, optional = stages.upstream_of(stage)
+        needs = ", ".join(required) or ("one of " + ", ".join(models) if stage.reads_model else "")
+        lines.append(f"| `{stage.name}` | {needs} | {', '.join(optional)} | {stage.summary.replace('|', '/')} |")
+    return lines + [""]
+
+
 def config_reference() -> str:
-    """The whole reference: the root schema, then each selection method's schema."""
-    from deita.config import RootConfig
+    """The whole reference: the stages, the root schema with each stage's node, then each selection method's schema."""
+    from deita.config import root_schema
     from deita.selection.base import SELECTORS
 
-    lines = section(RootConfig, "")
+    lines = stage_table() + section(root_schema(), "")
     for name in SELECTORS.names():
         lines += [f"#### `selection={name}`", ""] + section(SELECTORS.get(name).config_class, "selection")[2:]
     return "\n".join(lines).rstrip() + "\n"

@@ -1,4 +1,6 @@
-"""Stages in order, each into one artifact directory with a ``manifest.json``; skip, resume, atomic writes.
+"""The stage runner: stages in pipeline order, each into one artifact directory with a ``manifest.json``;
+skip, resume, atomic writes. Which stages exist, their order and what each one reads come from the stage
+registry (:mod:`deita.stages`); nothing here knows a stage by name.
 
 A stage's *fingerprint* hashes everything that determines its output: its config subtrees, the content
 of its input files and the fingerprints of the stages it reads. A stage whose finished directory carries
@@ -16,13 +18,13 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from deita.config import STAGE_ORDER
+from deita import stages
 from deita.distributed import DistInfo, barrier, init_distributed
 from deita.fingerprint import hash_file, hash_json
 from deita.io import write_json_atomic
@@ -36,7 +38,11 @@ TRACKED_PACKAGES = ("deita", "torch", "transformers", "trl", "peft", "accelerate
 
 @dataclass
 class StageContext:
-    """What a running stage gets: where to write, what upstream produced, who it is."""
+    """What a running stage gets: where to write, what its upstream stages produced, who it is.
+
+    ``upstream`` and ``upstream_manifests`` hold the stage's required upstreams and the optional ones
+    that were found (in ``stages`` or finished), keyed by stage name, in pipeline order.
+    """
 
     name: str
     work_dir: Path
@@ -44,62 +50,6 @@ class StageContext:
     upstream: dict[str, Path]
     upstream_manifests: dict[str, dict]
     dist: DistInfo
-    cache_root: Path
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One pipeline stage: what it reads and the function that runs it."""
-
-    name: str
-    requires: tuple[str, ...]
-    config_keys: tuple[str, ...]
-    data_sources: Callable[[DictConfig], list]
-    run: Callable[[DictConfig, StageContext], dict]
-    model_refs: Callable[[DictConfig], list] = lambda cfg: []
-
-
-def _selection_model_refs(cfg: DictConfig) -> list[str]:
-    """Model references the selection method reads (from its config)."""
-    from deita.selection.base import SELECTORS
-
-    return [ref for _, ref, _ in SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(0, 0.0)]
-
-
-def _run_select(cfg, ctx):
-    from deita.selection.stage import run_select_stage
-
-    return run_select_stage(cfg, ctx)
-
-
-def _run_sft(cfg, ctx):
-    from deita.training.sft import run_sft_stage
-
-    return run_sft_stage(cfg, ctx)
-
-
-def _run_dpo(cfg, ctx):
-    from deita.training.dpo import run_dpo_stage
-
-    return run_dpo_stage(cfg, ctx)
-
-
-def _run_eval(cfg, ctx):
-    from deita.evaluation.stage import run_eval_stage
-
-    return run_eval_stage(cfg, ctx)
-
-
-STAGES: dict[str, Stage] = {
-    "select": Stage("select", (), ("selection", "data.pool"), lambda c: list(c.data.pool), _run_select,
-                    _selection_model_refs),
-    "sft": Stage("sft", ("select",), ("model", "sft", "seed"), lambda c: [], _run_sft,
-                 lambda c: [c.model.name_or_path]),
-    "dpo": Stage("dpo", ("sft",), ("dpo", "data.preference", "data.preference_sample", "data.sample_seed", "seed"),
-                 lambda c: list(c.data.preference), _run_dpo),
-    "eval": Stage("eval", ("sft",), ("eval", "data.eval_prompts"), lambda c: list(c.data.eval_prompts), _run_eval),
-}
 
 
 def source_fingerprint(source: Any) -> dict:
@@ -157,11 +107,11 @@ def select_subtrees(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
     return out
 
 
-def stage_inputs(cfg: DictConfig, stage: Stage, upstream_manifests: dict[str, dict]) -> dict:
+def stage_inputs(cfg: DictConfig, stage: stages.Stage, upstream_manifests: dict[str, dict]) -> dict:
     """Everything that determines the stage's output (hashed into its fingerprint)."""
     return {
         "stage": stage.name,
-        "config": select_subtrees(cfg, stage.config_keys),
+        "config": select_subtrees(cfg, stage.fingerprint_keys),
         "data": [source_fingerprint(s) for s in stage.data_sources(cfg)],
         "models": {str(ref): model_fingerprint(ref) for ref in stage.model_refs(cfg)},
         "upstream": {name: m["fingerprint"] for name, m in sorted(upstream_manifests.items())},
@@ -181,21 +131,34 @@ def _finalize(work: Path, final: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def run_stage(cfg: DictConfig, stage: Stage, run_dir: Path, manifests: dict[str, dict], dist: DistInfo) -> dict:
-    """Run (or skip) one stage and return its manifest."""
-    upstream_dirs, upstream_manifests = {}, {}
-    for name in stage.requires:
+def find_upstream(cfg: DictConfig, stage: stages.Stage, run_dir: Path,
+                  manifests: dict[str, dict]) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Directories and manifests of ``stage``'s upstream stages: each required one (an error when it is
+    neither in this run nor finished in ``run_dir``) and each optional one that is."""
+    required, optional = stages.upstream_of(stage)
+    order = stages.names()
+    dirs, found = {}, {}
+    for name in sorted(required + optional, key=order.index):
         manifest = manifests.get(name) or read_manifest(run_dir / name)
         if manifest is None:
-            raise RuntimeError(
-                f"stage '{stage.name}' needs the output of stage '{name}', which is neither in stages="
-                f"{list(cfg.stages)} nor finished in {run_dir / name}; add '{name}' to stages"
-            )
-        upstream_dirs[name], upstream_manifests[name] = run_dir / name, manifest
-    if stage.name == "eval" and ("dpo" in manifests or read_manifest(run_dir / "dpo")):
-        upstream_manifests["dpo"] = manifests.get("dpo") or read_manifest(run_dir / "dpo")
-        upstream_dirs["dpo"] = run_dir / "dpo"
+            if name in required:
+                raise RuntimeError(
+                    f"stage '{stage.name}' needs the output of stage '{name}', which is neither in stages="
+                    f"{list(cfg.stages)} nor finished in {run_dir / name}; add '{name}' to stages"
+                )
+            continue
+        dirs[name], found[name] = run_dir / name, manifest
+    if stage.reads_model and not set(found) & set(stages.model_stages()):
+        raise RuntimeError(
+            f"stage '{stage.name}' needs a model from one of the stages {stages.model_stages()}, none of which "
+            f"is in stages={list(cfg.stages)} or finished in {run_dir}; add one to stages"
+        )
+    return dirs, found
 
+
+def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: dict[str, dict], dist: DistInfo) -> dict:
+    """Run (or skip) one stage and return its manifest."""
+    upstream_dirs, upstream_manifests = find_upstream(cfg, stage, run_dir, manifests)
     inputs = stage_inputs(cfg, stage, upstream_manifests)
     fingerprint = hash_json(inputs)
     final = run_dir / stage.name
@@ -210,7 +173,7 @@ def run_stage(cfg: DictConfig, stage: Stage, run_dir: Path, manifests: dict[str,
         work.mkdir(parents=True, exist_ok=True)
         log.info("stage %s: running into %s", stage.name, work)
     barrier()
-    ctx = StageContext(stage.name, work, run_dir, upstream_dirs, upstream_manifests, dist, Path(cfg.paths.cache_dir))
+    ctx = StageContext(stage.name, work, run_dir, upstream_dirs, upstream_manifests, dist)
     started = time.time()
     counts = stage.run(cfg, ctx) or {}
     wall = time.time() - started
@@ -243,9 +206,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     manifests: dict[str, dict] = {}
-    for name in STAGE_ORDER:
-        if name in cfg.stages:
-            manifests[name] = run_stage(cfg, STAGES[name], run_dir, manifests, dist)
+    for stage in stages.in_pipeline_order(cfg.stages):
+        manifests[stage.name] = run_stage(cfg, stage, run_dir, manifests, dist)
     if dist.is_main:  # the last lines of the log repeat what a stage warned about (e.g. a short selection)
         for name, manifest in manifests.items():
             for warning in manifest.get("warnings", []):

@@ -7,6 +7,7 @@ Estimates, stated so they can be checked:
   sequence is capped at the stage's ``max_length``;
 * training FLOPs = 6 × params × tokens per epoch × epochs (forward + backward); scoring and embedding
   FLOPs = 2 × params × tokens (forward only); DPO adds 2 × params × tokens for the reference model;
+* each stage's estimate is its ``plan`` hook (:mod:`deita.stages`), built from the helpers here;
 * GPU-hours = FLOPs / (``gpu_tflops`` × 10¹² × ``mfu``) / 3600; wall hours divide by ``gpus``.
 """
 
@@ -88,44 +89,56 @@ def gpu_hours(flops: float, opts) -> float:
     return flops / (opts.gpu_tflops * 1e12 * opts.mfu) / 3600
 
 
-def build_plan(cfg: DictConfig) -> list[dict]:
-    """One entry per stage with rows, tokens, steps, FLOPs and GPU-hours."""
-    opts = cfg.plan_options
-    pool = source_stats(cfg.data.pool, "sft", opts.chars_per_token)
-    plan = []
-    budget = pool.rows if cfg.selection.budget < 0 else min(cfg.selection.budget, pool.rows or cfg.selection.budget)
-    tokens_per_row = pool.tokens / pool.rows if pool.rows else 0.0
-    if "select" in cfg.stages:
-        from deita.selection.base import SELECTORS
+@dataclass
+class PoolPlan:
+    """The pool as plan mode reads it, and how many rows the select stage keeps (what SFT trains on)."""
 
-        passes = SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(pool.rows, pool.tokens)
-        flops = sum(2 * params_billions(ref) * 1e9 * tokens for _, ref, tokens in passes)
-        plan.append({"stage": "select", "rows": pool.rows, "tokens": pool.tokens, "selected": budget,
-                     "models": ", ".join(f"{role}={ref}" for role, ref, _ in passes) or "none",
-                     "flops": flops, "gpu_hours": gpu_hours(flops, opts), "exact_counts": pool.exact})
+    stats: SourceStats
+    selected: int
+
+    @property
+    def tokens_per_row(self) -> float:
+        """Mean estimated tokens of a pool row."""
+        return self.stats.tokens / self.stats.rows if self.stats.rows else 0.0
+
+
+def training_estimate(cfg: DictConfig, stage: str, *, rows: int, tokens_per_row: float,
+                      flops_per_token: float) -> dict:
+    """Plan entry of a training stage: ``rows`` sequences of ``tokens_per_row`` tokens for the epochs of
+    ``cfg.<stage>.args``, ``flops_per_token`` FLOPs per parameter and token (6: forward and backward)."""
+    opts, node = cfg.plan_options, cfg[stage]
     params = params_billions(cfg.model.name_or_path, cfg.model.params_billions)
-    for stage in ("sft", "dpo"):
-        if stage not in cfg.stages:
-            continue
-        node = cfg[stage]
-        epochs = float(node.args.get("num_train_epochs", DEFAULT_EPOCHS))
-        if stage == "sft":
-            rows, per_row = budget, min(tokens_per_row, node.max_length)
-            flops_per_token = 6
-        else:
-            pref = source_stats(cfg.data.preference, "preference", opts.chars_per_token)
-            rows = min(pref.rows, cfg.data.preference_sample or pref.rows)
-            per_row = min(pref.tokens / pref.rows if pref.rows else 0.0, 2 * node.max_length)
-            flops_per_token = 6 + (0 if node.precompute_ref_log_probs else 2)
-        steps_per_epoch = math.ceil(rows / node.global_batch_size) if rows else 0
-        per_process = node.global_batch_size / (node.per_device_batch_size * opts.gpus)
-        tokens = rows * per_row * epochs
-        flops = flops_per_token * params * 1e9 * tokens
-        plan.append({"stage": stage, "rows": rows, "tokens": tokens, "epochs": epochs,
-                     "optimizer_steps": int(math.ceil(steps_per_epoch * epochs)),
-                     "grad_accum_at_gpus": per_process, "params_b": params, "flops": flops,
-                     "gpu_hours": gpu_hours(flops, opts)})
-    return plan
+    epochs = float(node.args.get("num_train_epochs", DEFAULT_EPOCHS))
+    steps_per_epoch = math.ceil(rows / node.global_batch_size) if rows else 0
+    grad_accum = node.global_batch_size / (node.per_device_batch_size * opts.gpus)
+    tokens = rows * tokens_per_row * epochs
+    flops = flops_per_token * params * 1e9 * tokens
+    return {"rows": rows, "tokens": tokens, "epochs": epochs, "optimizer_steps": int(math.ceil(steps_per_epoch * epochs)),
+            "grad_accum_at_gpus": grad_accum, "params_b": params, "flops": flops, "gpu_hours": gpu_hours(flops, opts),
+            "notes": f"{epochs:g} epochs, {params:g}B params, grad accum {grad_accum:g} at {opts.gpus} GPUs"}
+
+
+def preference_estimate(cfg: DictConfig, stage: str, *, flops_per_token: float) -> dict:
+    """Plan entry of a preference stage: the (sampled) pairs of ``data.preference``, each chosen plus
+    rejected sequence capped at ``max_length``."""
+    opts, node = cfg.plan_options, cfg[stage]
+    pref = source_stats(cfg.data.preference, "preference", opts.chars_per_token)
+    rows = min(pref.rows, cfg.data.preference_sample or pref.rows)
+    per_pair = min(pref.tokens / pref.rows if pref.rows else 0.0, 2 * node.max_length)
+    estimate = training_estimate(cfg, stage, rows=rows, tokens_per_row=per_pair, flops_per_token=flops_per_token)
+    return {**estimate, "exact_counts": pref.exact}
+
+
+def build_plan(cfg: DictConfig) -> list[dict]:
+    """One entry per stage in ``cfg.stages`` that estimates its cost: rows, tokens, steps, FLOPs, GPU-hours."""
+    from deita import stages
+
+    opts = cfg.plan_options
+    stats = source_stats(cfg.data.pool, "sft", opts.chars_per_token)
+    budget = stats.rows if cfg.selection.budget < 0 else min(cfg.selection.budget, stats.rows or cfg.selection.budget)
+    pool = PoolPlan(stats, budget)
+    return [{"stage": stage.name, **stage.plan(cfg, pool)} for stage in stages.in_pipeline_order(cfg.stages)
+            if stage.plan is not None]
 
 
 def format_plan(cfg: DictConfig, plan: list[dict]) -> str:
@@ -137,12 +150,7 @@ def format_plan(cfg: DictConfig, plan: list[dict]) -> str:
     lines += [header, "-" * len(header)]
     for e in plan:
         steps = e.get("optimizer_steps", "")
-        notes = (f"select {e['selected']} rows; models: {e['models']}" if e["stage"] == "select"
-                 else f"{e['epochs']:g} epochs, {e['params_b']:g}B params, grad accum {e['grad_accum_at_gpus']:g} at {opts.gpus} GPUs")
-        if e["stage"] == "sft" and cfg.selection.budget < 0:
-            notes += "; budget -1: every pool row, an upper bound for thresholded methods"
-        if e.get("exact_counts") is False:
-            notes += " (hub data: counts from approx_rows hints)"
+        notes = e["notes"] + (" (hub data: counts from approx_rows hints)" if e.get("exact_counts") is False else "")
         lines.append(f"{e['stage']:<7} {e['rows']:>9,} {e['tokens']:>12,.0f} {steps!s:>7} "
                      f"{e['gpu_hours']:>10.2f} {e['gpu_hours'] / opts.gpus:>8.2f}  {notes}")
     total = sum(e["gpu_hours"] for e in plan)

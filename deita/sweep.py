@@ -23,24 +23,27 @@ def varying_overrides(job_overrides: list[list[str]]) -> list[dict[str, str]]:
     return [{k: p.get(k, "") for k in keys} for p in parsed]
 
 
+def metric_columns(stage: str, manifest: dict) -> dict[str, Any]:
+    """A training stage's final ``train_loss`` / ``eval_loss`` (the default sweep columns of a stage)."""
+    metrics = manifest.get("metrics", {})
+    return {f"{stage} {key}": round(metrics[key], 4) for key in ("train_loss", "eval_loss") if key in metrics}
+
+
 def collect_rows(job_dirs: list[Path], job_overrides: list[list[str]] | None = None) -> list[dict]:
-    """One summary row per job directory: the swept overrides, then numbers read from its stage manifests."""
+    """One summary row per job directory: the swept overrides, then each finished stage's columns
+    (its ``sweep_columns`` hook, by default :func:`metric_columns`), in pipeline order."""
+    from deita import stages
+
     rows = []
     swept = varying_overrides(job_overrides) if job_overrides else [{} for _ in job_dirs]
     for job, overrides in zip(job_dirs, swept):
         row: dict[str, Any] = {**overrides, "run": job.name}
-        for stage in ("select", "sft", "dpo"):
-            manifest_path = job / stage / "manifest.json"
+        for stage in stages.pipeline_order():
+            manifest_path = job / stage.name / "manifest.json"
             if not manifest_path.is_file():
                 continue
             manifest = json.loads(manifest_path.read_text())
-            if stage == "select":
-                row["selected"] = manifest.get("selected_rows")
-                row["select cache hits"] = len(manifest.get("cache", {}).get("hits", []))
-                row["select cache misses"] = len(manifest.get("cache", {}).get("misses", []))
-            for key in ("train_loss", "eval_loss"):
-                if key in manifest.get("metrics", {}):
-                    row[f"{stage} {key}"] = round(manifest["metrics"][key], 4)
+            row.update(stage.sweep_columns(manifest) if stage.sweep_columns else metric_columns(stage.name, manifest))
         rows.append(row)
     return rows
 

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import RECIPES, REPO_ROOT, compose_config, run_train
+
+HEAVY_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "sentence_transformers",
+                  "datasets", "safetensors")
+
+# Runs train.py in this interpreter and, at exit, prints which heavy packages got imported.
+IMPORTS_AT_EXIT = """
+import atexit, json, runpy, sys
+heavy = {heavy!r}
+atexit.register(lambda: print("IMPORTED=" + json.dumps(sorted(
+    {{m.split(".")[0] for m in sys.modules if m.split(".")[0] in heavy}}))))
+sys.argv = [{script!r}, *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
 
 
 def test_recipes_exist():
@@ -29,10 +43,41 @@ def test_every_recipe_plans_without_loading_models(recipe, shared_data):
     cfg = compose_config([f"recipe={recipe}", f"paths.shared_data={shared_data}"])
     from deita.plan import build_plan, format_plan
 
+    from deita import stages
+
     plan = build_plan(cfg)
-    assert [e["stage"] for e in plan] == [s for s in ("select", "sft", "dpo") if s in cfg.stages]
+    assert [e["stage"] for e in plan] == [s for s in stages.names() if s in cfg.stages and s != "eval"]
     assert "GPU-hours" in format_plan(cfg, plan)
-    assert "torch" not in sys.modules or True  # plan mode may import torch indirectly; it never loads a model
+
+
+def plan_imports(recipe: str, shared_data) -> tuple[list[str], str]:
+    """Run ``train.py recipe=RECIPE plan=true`` in a fresh interpreter; the heavy packages it imported, its output."""
+    import subprocess
+
+    code = IMPORTS_AT_EXIT.format(heavy=HEAVY_PACKAGES, script=str(REPO_ROOT / "train.py"))
+    result = subprocess.run([sys.executable, "-c", code, f"recipe={recipe}", "plan=true",
+                             f"paths.shared_data={shared_data}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    marker = [ln for ln in result.stdout.splitlines() if ln.startswith("IMPORTED=")]
+    assert len(marker) == 1, result.stdout[-2000:]
+    return json.loads(marker[0].split("=", 1)[1]), result.stdout
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_plan_mode_imports_no_model_code(recipe, shared_data):
+    # without torch or transformers in the process, no model can have been loaded
+    imported, out = plan_imports(recipe, shared_data)
+    assert imported == [], f"plan mode imported {imported}"
+    assert "total ≈" in out and "GPU-hours" in out
+
+
+def test_the_plan_mode_import_check_can_fail(shared_data, tmp_path, monkeypatch):
+    # the same check, with a sitecustomize that makes every process import torch: it must see it
+    (tmp_path / "sitecustomize.py").write_text("import torch\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{REPO_ROOT}")
+    imported, _ = plan_imports("tiny", shared_data)
+    assert "torch" in imported
 
 
 def test_print_config_of_hub_recipe_loads_nothing():
@@ -84,3 +129,14 @@ def test_run_dir_is_deterministic_recipe_plus_overrides():
 
 def test_recipes_symlink_is_the_recipe_group():
     assert (REPO_ROOT / "conf" / "recipe").resolve() == (REPO_ROOT / "recipes").resolve()
+
+
+def test_each_stage_node_takes_its_config_group_default():
+    # conf/config.yaml names no stage group: the root schema's defaults list picks conf/<stage>/default.yaml
+    assert "sft:" not in (REPO_ROOT / "conf" / "config.yaml").read_text()
+    cfg = compose_config(["recipe=tiny"])
+    assert cfg.sft.args.lr_scheduler_type == "cosine" and cfg.dpo.args.lr_scheduler_type == "linear"  # default.yaml
+    assert cfg.sft.args.learning_rate == 1.0e-3  # the recipe still overrides it
+    assert cfg.eval.max_new_tokens == 16 and cfg.eval.model_stage is None  # eval has no YAML: schema defaults
+    result = run_train(["recipe=tiny", "sft.no_such_key=1", "--cfg", "job"], timeout=120)
+    assert result.returncode != 0 and "Could not override 'sft.no_such_key'" in result.stderr

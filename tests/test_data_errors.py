@@ -541,13 +541,13 @@ def test_user_only_rows_are_counted_skips_through_the_cli(tmp_path):
 def test_dpo_stage_rejects_equal_pairs_before_loading_a_model(tmp_path):
     from types import SimpleNamespace
 
-    from deita.training.dpo import run_dpo_stage
+    from deita.stages.dpo import run_dpo_stage
     from tests.helpers import compose_config
 
     pairs = tmp_path / "pairs.json"
     pairs.write_text(json.dumps([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": "a"}]))
     cfg = compose_config(["recipe=tiny", f"data.preference=[{{path: '{pairs}'}}]"])
-    ctx = SimpleNamespace(upstream={"sft": tmp_path / "no_sft_model_here"})  # loading a model from it would fail
+    ctx = SimpleNamespace(name="dpo", upstream={"sft": tmp_path / "no_sft_model_here"})  # loading a model from it would fail
     with pytest.raises(DataError, match=r"pairs.json: record 1: field 'rejected': expected a rejected reply that differs"):
         run_dpo_stage(cfg, ctx)
 
@@ -573,7 +573,7 @@ def test_sft_trains_without_the_trailing_user_turn(tiny_llama, tmp_path, assista
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from deita.training.sft import messages_dataset
+    from deita.stages.sft import messages_dataset
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     dataset = messages_dataset([ENDS_ON_USER])

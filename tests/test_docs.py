@@ -13,11 +13,12 @@ def test_readme_config_reference_is_current():
 def test_every_config_field_has_a_docstring():
     import dataclasses
 
-    from deita import config
+    from deita import config, stages
     from deita.selection.base import SELECTORS
 
     classes = [c for c in vars(config).values() if dataclasses.is_dataclass(c)]
     classes += [SELECTORS.get(n).config_class for n in SELECTORS.names()]
+    classes += [s.config for s in stages.pipeline_order() if s.config is not None]
     missing = []
     for cls in classes:
         docs = field_docs(cls)

@@ -43,8 +43,9 @@ def make_ctx(tmp_path: Path, model_dir: Path, name: str = "eval", with_dpo: Path
         upstream["dpo"] = with_dpo
     work = run_dir / f".{name}.partial"
     work.mkdir(parents=True)
-    return SimpleNamespace(name="eval", work_dir=work, run_dir=run_dir, upstream=upstream, dist=DistInfo(),
-                           cache_root=tmp_path / "cache")
+    if (run_dir / "select").is_dir():
+        upstream = {"select": run_dir / "select", **upstream}
+    return SimpleNamespace(name="eval", work_dir=work, run_dir=run_dir, upstream=upstream, dist=DistInfo())
 
 
 def write_select_table(run_dir: Path, ids: list[str], heldout: set[str]) -> None:
@@ -145,6 +146,12 @@ def test_dpo_model_is_preferred_when_present(tmp_path):
         (tmp_path / name / "model" / "config.json").write_text("{}")
     assert final_model_dir({"sft": tmp_path / "sft"}) == ("sft", tmp_path / "sft" / "model")
     assert final_model_dir({"sft": tmp_path / "sft", "dpo": tmp_path / "dpo"}) == ("dpo", tmp_path / "dpo" / "model")
+    # eval.model_stage picks another one that is there
+    assert final_model_dir({"sft": tmp_path / "sft", "dpo": tmp_path / "dpo"}, "sft") == ("sft", tmp_path / "sft" / "model")
+    with pytest.raises(RuntimeError, match="eval.model_stage='dpo' is neither in stages nor finished"):
+        final_model_dir({"sft": tmp_path / "sft"}, "dpo")
+    with pytest.raises(RuntimeError, match="needs a finished model stage"):
+        final_model_dir({"select": tmp_path / "select"})
     with pytest.raises(FileNotFoundError, match="no config.json"):
         final_model_dir({"sft": tmp_path / "nothing"})
 
@@ -254,8 +261,8 @@ def test_heldout_loss_matches_hand_computation(tiny_llama, shared_data, tmp_path
 
     pool = load_rows(str(shared_data / POOL), kind="sft", limit=6).rows
     held_id = pool[4]["id"]
-    ctx = make_ctx(tmp_path, tiny_llama)
-    write_select_table(ctx.run_dir, [r["id"] for r in pool], {held_id})
+    write_select_table(tmp_path / "run", [r["id"] for r in pool], {held_id})
+    ctx = make_ctx(tmp_path, tiny_llama)  # select is upstream: its scores.parquet says what was held out
     counts = run_eval_stage(make_cfg(shared_data, limit=2), ctx)
 
     model, tok = load_policy(tiny_llama)

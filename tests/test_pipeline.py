@@ -7,8 +7,21 @@ import json
 
 import pytest
 
-from deita import pipeline
+from deita import pipeline, stages
+from deita.registry import Registry
+from deita.stages import Stage
 from tests.helpers import compose_config
+
+
+def use_stages(monkeypatch, *fakes: Stage) -> None:
+    """Make ``fakes`` the whole stage registry for this test (the config schema keeps the real stages' nodes)."""
+    import train  # noqa: F401  (registers the real config schema before the registry is swapped)
+
+    stages.STAGES.names()  # the real modules are imported (and registered) first, never into the fake registry
+    registry = Registry("stage")
+    for stage in fakes:
+        registry.register(stage.name)(stage)
+    monkeypatch.setattr(stages, "STAGES", registry)
 
 
 @pytest.fixture
@@ -28,12 +41,11 @@ def fake_stages(monkeypatch, tmp_path):
             return {"rows": 3}
         return run
 
-    stages = {
-        "select": pipeline.Stage("select", (), ("selection",), lambda c: list(c.data.pool), make("select")),
-        "sft": pipeline.Stage("sft", ("select",), ("sft",), lambda c: [], make("sft")),
-        "dpo": pipeline.Stage("dpo", ("sft",), ("dpo",), lambda c: [], make("dpo")),
-    }
-    monkeypatch.setattr(pipeline, "STAGES", stages)
+    use_stages(monkeypatch,
+               Stage("select", make("select"), "", config_keys=("selection",), data_keys=("data.pool",)),
+               Stage("sft", make("sft"), "", requires=("select",), config_keys=("sft",), produces_model=True),
+               Stage("dpo", make("dpo"), "", requires=("sft",), config_keys=("dpo",), produces_model=True),
+               Stage("eval", make("eval"), "", optional=("select",), reads_model=True, config_keys=("eval",)))
     return calls, crash
 
 
@@ -122,9 +134,70 @@ def test_select_fingerprint_follows_a_local_scorer_models_content(tmp_path):
     pool = tmp_path / "pool.json"
     pool.write_text("[]")
     cfg = _cfg(tmp_path, pool, "selection=deita", f"selection_models.deita_complexity={model_dir}")
-    stage = pipeline.STAGES["select"]
+    stage = stages.get("select")
     before = pipeline.stage_inputs(cfg, stage, {})
     assert before["models"][str(model_dir)]["config.json"] and before["models"]["tiny:llama"] == "tiny:llama"
     (model_dir / "config.json").write_text('{"hidden_size": 16}')  # retrained in place, same path
     after = pipeline.stage_inputs(cfg, stage, {})
     assert pipeline.hash_json(after) != pipeline.hash_json(before)
+
+
+def _upstream_seen(run_dir, stage: str) -> list[str]:
+    return sorted(json.loads((run_dir / stage / "out.txt").read_text())["upstream"])
+
+
+def test_optional_upstreams_are_read_when_present_and_join_the_fingerprint(fake_stages, tmp_path):
+    calls, _ = fake_stages
+    pool = tmp_path / "pool.json"
+    pool.write_text("[]")
+    run_dir = tmp_path / "run"
+    first = pipeline.run_pipeline(_cfg(tmp_path, pool, "stages=[select,sft,eval]"), run_dir)
+    assert calls == ["select", "sft", "eval"]
+    assert _upstream_seen(run_dir, "eval") == ["select", "sft"]  # no dpo yet: read without it
+    assert set(first["eval"]["inputs"]["upstream"]) == {"select", "sft"}
+
+    calls.clear()
+    second = pipeline.run_pipeline(_cfg(tmp_path, pool, "stages=[dpo,eval]"), run_dir)
+    assert calls == ["dpo", "eval"]  # a new optional upstream changes eval's fingerprint: it re-runs
+    assert _upstream_seen(run_dir, "eval") == ["dpo", "select", "sft"]  # finished select/sft are read from disk
+    assert second["eval"]["inputs"]["upstream"]["dpo"] == second["dpo"]["fingerprint"]
+
+    calls.clear()
+    pipeline.run_pipeline(_cfg(tmp_path, pool, "stages=[eval]"), run_dir)
+    assert calls == []  # the same upstreams, finished: skipped
+
+
+def test_a_stage_that_reads_a_model_needs_one(fake_stages, tmp_path):
+    pool = tmp_path / "pool.json"
+    pool.write_text("[]")
+    with pytest.raises(RuntimeError, match=r"stage 'eval' needs a model from one of the stages \['sft', 'dpo'\]"):
+        pipeline.run_pipeline(_cfg(tmp_path, pool, "stages=[select,eval]"), tmp_path / "run")
+
+
+def test_pipeline_order_follows_the_declared_upstreams():
+    order = stages.names()
+    assert [n for n in order if n in ("select", "sft", "dpo", "eval")] == ["select", "sft", "dpo", "eval"]
+    for stage in stages.pipeline_order():
+        required, optional = stages.upstream_of(stage)
+        assert all(order.index(up) < order.index(stage.name) for up in required + optional), stage.name
+    assert stages.model_stages()[:2] == ["sft", "dpo"] and "eval" not in stages.model_stages()
+    eval_required, eval_optional = stages.upstream_of(stages.get("eval"))
+    assert eval_required == [] and eval_optional == ["select", *stages.model_stages()]
+
+
+def test_stages_run_in_pipeline_order_whatever_order_they_are_listed(fake_stages, tmp_path):
+    calls, _ = fake_stages
+    pool = tmp_path / "pool.json"
+    pool.write_text("[]")
+    pipeline.run_pipeline(_cfg(tmp_path, pool, "stages=[dpo,select,sft]"), tmp_path / "run")
+    assert calls == ["select", "sft", "dpo"]
+
+
+@pytest.mark.parametrize("declared, message", [
+    ({"a": ("zzz",)}, r"stage 'a' declares unknown upstream stage\(s\) \['zzz'\]"),
+    ({"a": ("b",), "b": ("a",)}, r"stage upstreams form a cycle among \['a', 'b'\]"),
+])
+def test_registry_rejects_unknown_upstreams_and_cycles(monkeypatch, declared, message):
+    use_stages(monkeypatch, *[Stage(name, lambda cfg, ctx: {}, "", requires=up) for name, up in declared.items()])
+    with pytest.raises(ValueError, match=message):
+        stages.pipeline_order()

@@ -63,7 +63,7 @@ def test_trainer_arguments_for_recipe_hold_global_batch(mistral_cfg, tmp_path, w
     assert kwargs["gradient_accumulation_steps"] == accum
     assert kwargs["per_device_train_batch_size"] == 2
     assert world * kwargs["per_device_train_batch_size"] * kwargs["gradient_accumulation_steps"] == 512
-    # the recipe's own trainer args pass through; CPU turns bf16 and checkpointing off
+    # the recipe's own trainer args pass through
     assert kwargs["learning_rate"] == 2.0e-5 and kwargs["num_train_epochs"] == 6 and kwargs["save_steps"] == 20
     assert kwargs["output_dir"] == str(tmp_path / "checkpoints")
     dpo = trainer_arguments(mistral_cfg.dpo, tmp_path, world_size=world, seed=42, report_to="none", run_name="r",
@@ -71,14 +71,29 @@ def test_trainer_arguments_for_recipe_hold_global_batch(mistral_cfg, tmp_path, w
     assert world * dpo["per_device_train_batch_size"] * dpo["gradient_accumulation_steps"] == 32
 
 
+@pytest.mark.parametrize("cuda", [True, False])
+def test_recipe_bf16_and_checkpointing_stay_on_only_with_cuda(mistral_cfg, tmp_path, monkeypatch, cuda):
+    from deita.training import common
+
+    assert mistral_cfg.sft.args.bf16 is True and mistral_cfg.sft.args.gradient_checkpointing is True
+    monkeypatch.setattr(common, "has_accelerator", lambda: cuda)
+    kwargs = trainer_arguments(mistral_cfg.sft, tmp_path, world_size=1, seed=42, report_to="none", run_name="r",
+                               eval_enabled=False)
+    assert kwargs["bf16"] is cuda and kwargs["gradient_checkpointing"] is cuda and not kwargs.get("fp16")
+    assert kwargs.get("use_cpu", False) is not cuda
+
+
 def test_trainer_arguments_build_a_real_sft_config(mistral_cfg, tmp_path):
+    import torch
     from trl import SFTConfig
 
     # world size 1 here: a larger one makes TrainingArguments look for a live process group
     args = SFTConfig(**trainer_arguments(mistral_cfg.sft, tmp_path, world_size=1, seed=42, report_to="none",
                                          run_name="r", eval_enabled=False))
     assert args.gradient_accumulation_steps == 256 and args.per_device_train_batch_size == 2
-    assert args.bf16 is False and args.gradient_checkpointing is False and args.max_length == 2048
+    # the recipe asks for bf16 and gradient checkpointing: kept on a CUDA machine, turned off without one
+    cuda = torch.cuda.is_available()
+    assert args.bf16 is cuda and args.gradient_checkpointing is cuda and args.max_length == 2048
 
 
 def test_trainer_arguments_reject_indivisible_world(mistral_cfg, tmp_path):

@@ -12,7 +12,8 @@ under ``<run_dir>/eval/``, one folder per ``data.eval_prompts`` source named aft
   ``heldout_note`` saying why, when there is no ``select/scores.parquet`` or the chat template has no
   ``{% generation %}`` markers.
 
-The final model is the DPO stage's when it finished, else the SFT stage's. Greedy decoding when
+The final model is that of the last stage in pipeline order that produces one (DPO when it finished,
+else SFT; see the stage registry, :mod:`deita.stages`), or of ``eval.model_stage`` when set. Greedy decoding when
 ``eval.temperature`` is 0; sampling otherwise (seeded per prompt group, with the model's own
 generation-config ``top_p``/``top_k``, as FastChat's ``model.generate`` call also gets them).
 

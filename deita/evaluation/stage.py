@@ -32,15 +32,22 @@ SAMPLING_SEED = 0
 """Base seed of sampled generation (``eval.temperature > 0``); each prompt group adds its index."""
 
 
-def final_model_dir(upstream: dict[str, Path]) -> tuple[str, Path]:
-    """The stage whose model is evaluated (DPO when it finished, else SFT) and its model folder."""
-    for name in ("dpo", "sft"):
-        if name in upstream:
-            path = Path(upstream[name]) / MODEL_SUBDIR
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(f"eval: expected the {name} stage's model in {path}, found no config.json")
-            return name, path
-    raise RuntimeError(f"eval: needs a finished 'sft' (or 'dpo') stage upstream, found {sorted(upstream)}")
+def final_model_dir(upstream: dict[str, Path], choice: str | None = None) -> tuple[str, Path]:
+    """The stage whose model is evaluated and its model folder: ``choice`` when set, else the last stage in
+    pipeline order (:mod:`deita.stages`) that produces a model and is upstream (e.g. DPO when it finished,
+    else SFT)."""
+    from deita.stages import model_stages
+
+    found = [name for name in model_stages() if name in upstream]
+    if choice is not None and choice not in found:
+        raise RuntimeError(f"eval: eval.model_stage={choice!r} is neither in stages nor finished; found {found}")
+    if not found:
+        raise RuntimeError(f"eval: needs a finished model stage ({model_stages()}) upstream, found {sorted(upstream)}")
+    name = choice or found[-1]
+    path = Path(upstream[name]) / MODEL_SUBDIR
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"eval: expected the {name} stage's model in {path}, found no config.json")
+    return name, path
 
 
 def load_prompt_sets(sources, limit: int | None) -> list[dict]:
@@ -72,11 +79,14 @@ def write_answers(work_dir: Path, pset: dict, answers: list[list[str]], model_id
     return [str(p.relative_to(work_dir)) for p in written]
 
 
-def load_heldout_rows(cfg: DictConfig, run_dir: Path, cap: int) -> tuple[list[dict], str | None]:
-    """The held-out SFT rows (see :mod:`deita.evaluation.heldout`), or ``([], reason)`` when there are none."""
+def load_heldout_rows(cfg: DictConfig, select_dir: Path | None, cap: int) -> tuple[list[dict], str | None]:
+    """The held-out SFT rows (see :mod:`deita.evaluation.heldout`) given the select stage's directory, or
+    ``([], reason)`` when there are none."""
     import pandas as pd
 
-    table_path = run_dir / "select" / "scores.parquet"
+    if select_dir is None:
+        return [], "no select artifact upstream (select is neither in stages nor finished)"
+    table_path = Path(select_dir) / "scores.parquet"
     if not table_path.is_file():
         return [], f"no select artifact at {table_path}"
     pool_sources = OmegaConf.select(cfg, "data.pool", default=None) or []
@@ -97,7 +107,7 @@ def run_eval_stage(cfg: DictConfig, ctx) -> dict:
     dist, work_dir = ctx.dist, Path(ctx.work_dir)
 
     # 1. The final model.
-    stage_name, model_dir = final_model_dir(ctx.upstream)
+    stage_name, model_dir = final_model_dir(ctx.upstream, OmegaConf.select(cfg, "eval.model_stage", default=None))
     model, tok = load_policy(model_dir, OmegaConf.select(cfg, "model", default=None))
     if dist.is_main:
         log.info("eval: evaluating the %s model in %s as %r", stage_name, model_dir, model_id)
@@ -117,7 +127,7 @@ def run_eval_stage(cfg: DictConfig, ctx) -> dict:
 
     # 3. Held-out loss on pool rows the selection left out.
     cap = int(node.limit) if node.limit is not None else HELDOUT_MAX_ROWS
-    rows, note = load_heldout_rows(cfg, Path(ctx.run_dir), cap)
+    rows, note = load_heldout_rows(cfg, ctx.upstream.get("select"), cap)
     if rows and not has_generation_markers(tok.chat_template):
         rows, note = [], f"the chat template of {model_dir} has no {{% generation %}} markers to find assistant tokens"
     counts.update(heldout_loss=None, heldout_rows=0, heldout_tokens=0)

@@ -1,4 +1,5 @@
-"""What SFT and DPO share: batch arithmetic, TRL arguments, model and tokenizer loading, resume, model card."""
+"""What the training stages share: batch arithmetic, TRL arguments, the starting model, model and tokenizer
+loading, resume, model card."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -217,3 +218,32 @@ def write_model_card(model_dir: Path, cfg: DictConfig, stage: str, record: dict)
     card = model_card(stage=stage, record=record, config=OmegaConf.to_container(cfg, resolve=True),
                       versions=package_versions(), base_model_id=base_model_id)
     card.save(model_dir / "README.md")
+
+
+class StartingModel(NamedTuple):
+    """The model a training stage starts from."""
+
+    path: str
+    """Folder to load."""
+    name: str
+    """What the model card calls it: the upstream model folder, or ``model.name_or_path`` as configured."""
+    stage: str | None
+    """The upstream stage whose model it is; None for the base model."""
+    provenance: dict
+    """What the model card records about it (the upstream stage's fingerprint; nothing for the base model)."""
+
+
+def starting_model(cfg: DictConfig, ctx) -> StartingModel:
+    """The model of the stage's last upstream stage that produces one (e.g. ``sft/model``), else the base
+    model ``model.name_or_path``."""
+    from deita import stages
+
+    upstream_models = [name for name in stages.model_stages() if name in ctx.upstream]
+    if upstream_models:
+        name = upstream_models[-1]
+        path = str(ctx.upstream[name] / "model")
+        return StartingModel(path, path, name, {f"{name}_fingerprint": ctx.upstream_manifests[name]["fingerprint"]})
+    from deita.models.resolve import resolve_model
+
+    base = str(cfg.model.name_or_path)
+    return StartingModel(resolve_model(base, cfg.paths.cache_dir), base, None, {})

@@ -6,12 +6,25 @@ Reads top to bottom: config → data → tokenizer and model → trainer → tra
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from deita.config import TrainConfig
+from deita.stages import Stage, register
 from deita.training import common
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTStageConfig(TrainConfig):
+    """Supervised fine-tuning on the selected rows (config group ``sft``)."""
+
+    packing: bool = False
+    """Pack several conversations into each sequence."""
+    assistant_only_loss: bool = True
+    """Put loss on assistant tokens only (needs ``{% generation %}`` markers in the template)."""
 
 
 def messages_dataset(rows: list[dict]):
@@ -29,7 +42,6 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from deita.data.loading import read_jsonl
-    from deita.models.resolve import resolve_model
     from deita.tracking import tracked_run
 
     node = cfg.sft
@@ -40,9 +52,9 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     eval_ds = messages_dataset(eval_rows) if eval_rows else None
 
     # 2. Tokenizer and model.
-    model_path = resolve_model(cfg.model.name_or_path, cfg.paths.cache_dir)
-    tokenizer = common.load_tokenizer(model_path, node.chat_template, cfg.model.trust_remote_code)
-    model = common.load_model(model_path, cfg.model, node.peft)
+    start = common.starting_model(cfg, ctx)
+    tokenizer = common.load_tokenizer(start.path, node.chat_template, cfg.model.trust_remote_code)
+    model = common.load_model(start.path, cfg.model, node.peft)
 
     # 3. Trainer.
     args = SFTConfig(
@@ -70,7 +82,32 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     result = {"train_rows": len(train_rows), "trained_rows": trained_rows, "eval_rows": len(eval_rows),
               "metrics": metrics, "gradient_accumulation_steps": args.gradient_accumulation_steps,
               "distributed_type": str(trainer.accelerator.distributed_type),
-              **common.training_record(trainer, base_model=cfg.model.name_or_path, provenance=provenance)}
+              **common.training_record(trainer, base_model=start.name, base_stage=start.stage,
+                                       provenance={**start.provenance, **provenance})}
     if ctx.dist.is_main:
         common.write_model_card(model_dir, cfg, "sft", result)
     return result
+
+
+def plan_sft(cfg: DictConfig, pool) -> dict:
+    """The selected rows, each capped at ``sft.max_length`` tokens, forward and backward."""
+    from deita.plan import training_estimate
+
+    estimate = training_estimate(cfg, "sft", rows=pool.selected, tokens_per_row=min(pool.tokens_per_row, cfg.sft.max_length),
+                                 flops_per_token=6)
+    if cfg.selection.budget < 0:
+        estimate["notes"] += "; budget -1: every pool row, an upper bound for thresholded methods"
+    return estimate
+
+
+STAGE = register(Stage(
+    name="sft",
+    run=run_sft_stage,
+    summary="Fine-tunes `model` on the selected rows (TRL `SFTTrainer`); writes `sft/model/`.",
+    requires=("select",),
+    produces_model=True,
+    config=SFTStageConfig,
+    config_keys=("model", "seed"),
+    model_refs=lambda cfg: [cfg.model.name_or_path],
+    plan=plan_sft,
+))

@@ -1,0 +1,53 @@
+"""The select stage: score the pool and choose the rows SFT trains on (:mod:`deita.selection.stage` does it)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from deita.stages import Stage, register
+
+
+def run_select_stage(cfg: DictConfig, ctx) -> dict:
+    """Load the pool, let ``cfg.selection.method`` choose, write ``scores.parquet``, ``selected.jsonl``, report."""
+    from deita.selection.stage import run_select_stage as run
+
+    return run(cfg, ctx)
+
+
+def selection_model_refs(cfg: DictConfig) -> list[str]:
+    """Model references the selection method reads (from its config)."""
+    from deita.selection.base import SELECTORS
+
+    return [ref for _, ref, _ in SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(0, 0.0)]
+
+
+def plan_select(cfg: DictConfig, pool) -> dict:
+    """Forward passes of the selection models over the pool (2 FLOPs per parameter and token)."""
+    from deita.plan import gpu_hours, params_billions
+    from deita.selection.base import SELECTORS
+
+    passes = SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(pool.stats.rows, pool.stats.tokens)
+    flops = sum(2 * params_billions(ref) * 1e9 * tokens for _, ref, tokens in passes)
+    models = ", ".join(f"{role}={ref}" for role, ref, _ in passes) or "none"
+    return {"rows": pool.stats.rows, "tokens": pool.stats.tokens, "selected": pool.selected, "models": models,
+            "flops": flops, "gpu_hours": gpu_hours(flops, cfg.plan_options), "exact_counts": pool.stats.exact,
+            "notes": f"select {pool.selected} rows; models: {models}"}
+
+
+def sweep_columns(manifest: dict) -> dict:
+    """Rows selected and the score/embedding cache's hits and misses."""
+    cache = manifest.get("cache", {})
+    return {"selected": manifest.get("selected_rows"), "select cache hits": len(cache.get("hits", [])),
+            "select cache misses": len(cache.get("misses", []))}
+
+
+STAGE = register(Stage(
+    name="select",
+    run=run_select_stage,
+    summary="Scores the pool with `selection.method` and keeps `selection.budget` rows.",
+    config_keys=("selection", "data.pool"),
+    data_keys=("data.pool",),
+    model_refs=selection_model_refs,
+    plan=plan_select,
+    sweep_columns=sweep_columns,
+))
