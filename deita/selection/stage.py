@@ -109,6 +109,7 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     from deita.cache import ContentCache
     from deita.data.loading import write_jsonl
     from deita.data.sources import load_sources
+    from deita.distributed import barrier
     from deita.fingerprint import hash_rows
     from deita.models.resolve import resolve_model
     from deita.selection.report import write_report
@@ -140,6 +141,7 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
         if warning:
             log.warning("%s", warning)
     if error:
+        barrier()  # every rank reaches the same verdict; the report exists before any rank exits
         raise SelectionError(f"{error} (report: {ctx.work_dir / 'report.md'})")
     if ctx.dist.is_main:
         _log_to_tracker(cfg, ctx)
