@@ -274,10 +274,139 @@ def test_cuda_matches_oracle():
         np.testing.assert_array_equal(greedy_diverse(emb, order, TAU, block_size=b, device="cuda").kept, want)
 
 
-def test_lazy_rows_equal_l2_normalize_bitwise():
-    x = np.random.default_rng(9).normal(size=(50, 33)) * 7
-    full = l2_normalize(x)
-    lazy = filters._LazyRows(filters._as_f32_matrix(x))
-    idx = np.array([3, 0, 49, 17])
-    assert np.array_equal(lazy.take(idx), full[idx])
-    assert all(np.array_equal(lazy[i], full[i]) for i in range(50))
+def _save_npy(tmp_path, x, name="emb.npy"):
+    """``x`` saved as ``.npy`` and reopened as a read-only memory map (nothing of it read yet)."""
+    path = tmp_path / name
+    np.save(path, x)
+    return np.load(path, mmap_mode="r")
+
+
+def _mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping header: addr perms offset dev inode [path]
+            inside = line.rstrip().endswith(str(path))
+        elif inside and head and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.parametrize("dim", [33, 48, 256])
+def test_block_reads_normalise_bitwise_like_l2_normalize(tmp_path, dim):
+    """A row normalised inside any gathered block (memory map or array, float32 or float16) is bit-identical
+    to the same row of l2_normalize on the whole matrix: the oracle and the stream see the same vectors."""
+    x = (np.random.default_rng(9).normal(size=(300, dim)) * 7).astype(np.float32)
+    idx = np.random.default_rng(1).permutation(300)[:77]
+    for stored in (x, x.astype(np.float16)):
+        full = l2_normalize(stored)
+        for src in (stored, _save_npy(tmp_path, stored)):
+            with filters._RowReader(src) as reader:
+                got, err = filters._unit_rows(reader.take(idx), idx)
+            assert err is None and np.array_equal(got, full[idx])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_memmap_input_matches_oracle(tmp_path, dtype):
+    """The streamed filter on a memory-mapped .npy (float32 or float16 storage) selects exactly what the
+    oracle selects on the stored values, at every block size, and reads rows with explicit file reads."""
+    emb, scores = _tricky_pool(0)
+    stored = emb.astype(dtype)
+    order = score_order(scores)
+    want = greedy_diverse_naive(stored, order, TAU)
+    assert np.array_equal(want, greedy_diverse_naive(stored.astype(np.float32), order, TAU))
+    mm = _save_npy(tmp_path, stored)
+    assert filters._RowReader(mm)._row0 == mm.offset
+    for b in BLOCKS:
+        for budget in (-1, 25):
+            got = greedy_diverse(mm, order, TAU, budget, block_size=b)
+            np.testing.assert_array_equal(got.kept, want if budget < 0 else want[:budget], err_msg=f"block {b}")
+
+
+def test_float16_storage_is_exact_for_its_own_values(tmp_path):
+    """cos = 1/sqrt(1 + y^2) crosses tau 0.995 at y = 0.1003768; y = 0.100375 (float32, just below: rejected)
+    rounds to float16 0.1004028 (just above: kept). Each storage is filtered exactly for its own values."""
+    emb = np.array([[1.0, 0.0], [1.0, 0.100375]], dtype=np.float32)
+    assert float(emb.astype(np.float16)[1, 1]) == pytest.approx(0.1004028, abs=1e-7)
+    assert greedy_diverse_naive(emb, [0, 1], 0.995).tolist() == [0]
+    assert greedy_diverse_naive(emb.astype(np.float16), [0, 1], 0.995).tolist() == [0, 1]
+    for b in (1, 2):
+        assert greedy_diverse(emb, [0, 1], 0.995, block_size=b).kept.tolist() == [0]
+        assert greedy_diverse(emb.astype(np.float16), [0, 1], 0.995, block_size=b).kept.tolist() == [0, 1]
+        half = _save_npy(tmp_path, emb.astype(np.float16))
+        assert greedy_diverse(half, [0, 1], 0.995, block_size=b).kept.tolist() == [0, 1]
+
+
+def test_memmap_views_and_copy_on_write_maps(tmp_path):
+    """Row slices of a map (own byte offset, negative stride) are read from the right file positions; a
+    copy-on-write map (its private edits are not in the file) is read through the map instead."""
+    emb, scores = _tricky_pool(1)
+    mm = _save_npy(tmp_path, emb)
+    order = score_order(scores[40:])
+    for view, arr in ((mm[40:], emb[40:]), (mm[::-1][: emb.shape[0] - 40], emb[::-1][: emb.shape[0] - 40])):
+        assert filters._RowReader(view)._row0 is not None
+        np.testing.assert_array_equal(greedy_diverse(view, order, TAU, block_size=7).kept,
+                                      greedy_diverse_naive(arr, order, TAU))
+    cow = np.load(tmp_path / "emb.npy", mmap_mode="c")
+    cow[:] = cow[::-1]  # private edits: the file still holds the original order
+    assert filters._RowReader(cow)._row0 is None
+    order = score_order(scores)
+    np.testing.assert_array_equal(greedy_diverse(cow, order, TAU, block_size=7).kept,
+                                  greedy_diverse_naive(emb[::-1], order, TAU))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_memmap_pages_stay_out_of_resident_memory(tmp_path):
+    """Scanning a memory-mapped pool reads rows with explicit file reads: none of the map's pages becomes
+    resident in this process (a fancy-indexed scan of the same map makes its scanned rows resident)."""
+    emb = np.random.default_rng(2).normal(size=(3000, 256)).astype(np.float32)
+    path = tmp_path / "pool.npy"
+    np.save(path, emb)
+    mm = np.load(path, mmap_mode="r")
+    r = greedy_diverse(mm, np.arange(3000), 0.2, block_size=256)
+    assert r.scanned == 3000
+    assert _mapped_rss_kb(path) == 0
+    mm[np.arange(0, 3000, 2)].sum()  # the control: fancy indexing through the map touches its pages
+    assert _mapped_rss_kb(path) >= 1500 * 1024 // 1024
+
+
+def test_truncated_embeddings_file_is_a_clear_error(tmp_path):
+    emb, scores = _tricky_pool(0)
+    mm = _save_npy(tmp_path, emb)
+    os_size = (tmp_path / "emb.npy").stat().st_size
+    __import__("os").truncate(tmp_path / "emb.npy", os_size - 10 * emb.shape[1] * 4)
+    last = emb.shape[0] - 1
+    with pytest.raises(ValueError, match=f"emb.npy: truncated, cannot read row {last}"):
+        greedy_diverse(mm, [0, last], 0.9)
+
+
+@pytest.mark.parametrize("block", [1, 2, 1024])
+def test_rows_past_the_budget_are_not_validated(block):
+    """Rows are validated as the scan reaches them, at any block size: a zero or NaN row after the budget
+    is met is not an error; one the scan reaches is."""
+    x = np.eye(5, dtype=np.float32)
+    x[3] = 0
+    x[4, 0] = np.nan
+    assert greedy_diverse(x, [0, 1, 2, 3, 4], budget=3, block_size=block).kept.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="row 3 is a zero vector"):
+        greedy_diverse(x, [0, 1, 2, 3, 4], budget=4, block_size=block)
+    with pytest.raises(ValueError, match="row 4 has a non-finite value"):
+        greedy_diverse(x, [0, 1, 4, 3], block_size=block)
+
+
+@pytest.mark.parametrize("budget", [-1, 25])
+def test_rejected_at_records_every_rejection_by_scan_position(budget):
+    emb, scores = _tricky_pool(0)
+    order = score_order(scores)
+    want = greedy_diverse_naive(emb, order, TAU, budget)
+    pos = {int(p): s for s, p in enumerate(order)}
+    kept_pos = [pos[int(i)] for i in want]
+    scanned = kept_pos[-1] + 1 if budget > 0 else order.size
+    expected = sorted(set(range(scanned)) - set(kept_pos))
+    for b in BLOCKS:
+        r = greedy_diverse(emb, order, TAU, budget, block_size=b)
+        assert r.rejected_at.dtype == np.int64 and r.rejected_at.tolist() == expected
+        curve = r.rejected_by(np.arange(1, r.scanned + 1))
+        assert curve[-1] == r.rejected and (np.diff(curve) >= 0).all()
+        assert curve.tolist() == [sum(1 for p in expected if p < s) for s in range(1, r.scanned + 1)]
