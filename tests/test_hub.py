@@ -204,7 +204,7 @@ def _no_token(monkeypatch, tmp_path):
 
 def test_check_refuses_offline_mode_first(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE=1 .*; set HF_HUB_OFFLINE=0"):
         remote.check_access(PREFIX, timeout=1)
 
 
@@ -383,7 +383,7 @@ def test_push_failure_is_one_line_after_the_stages(dry_run, monkeypatch):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"HF_HUB_OFFLINE": "1"}, "pushing needs the network, but HF_HUB_OFFLINE is set"),
+    ({"HF_HUB_OFFLINE": "1"}, "pushing needs the network, but HF_HUB_OFFLINE=1"),
     ({"HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_not_a_real_token"}, "cannot reach http://127.0.0.1:"),
 ])
 def test_push_without_network_stops_before_any_stage(tmp_path, shared_data, env, message):

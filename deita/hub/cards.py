@@ -115,13 +115,16 @@ def dataset_card(*, repo_id: str, select_manifest: dict, scores, command: str, p
               ["selection fingerprint", f"`{select_manifest['fingerprint']}`"]]
     facts += [[key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else fmt(value)]
               for key, value in sorted(report.items()) if key not in ("tau", "rejected_by_tau")]
+    entries = select_manifest["inputs"]["data"]
     sizes = list((select_manifest.get("rows_per_source") or {}).values())
-    sources = [[source_name(entry), sizes[i] if i < len(sizes) else "?", entry.get("limit") or "",
-                f"`{entry.get('sha256', '')}`"] for i, entry in enumerate(select_manifest["inputs"]["data"])]
+    if len(sizes) != len(entries):  # (a file listed twice has one count): say nothing rather than misattribute
+        sizes = ["?"] * len(entries)
+    sources = [[source_name(entry), size, entry.get("limit") or "", f"`{entry.get('sha256', '')}`"]
+               for entry, size in zip(entries, sizes)]
     body = [
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"{n_selected} instruction rows selected by [deita](https://github.com/hkust-nlp/deita)'s `{method}` method "
+        f"{n_selected} instruction rows selected by deita's `{method}` method "
         f"from a pool of {n_pool} rows, in selection order. Each row is a conversation in chat form "
         "(`messages`: a list of `{role, content}`), with its selection `rank` and the method's scores.",
         "",

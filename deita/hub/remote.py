@@ -71,7 +71,7 @@ def validate_license(license: str) -> None:
 def check_access(prefix: str, *, timeout: float, license: str | None = None) -> str:
     """Check that a push to ``prefix`` can work, and return the account name; raise ConfigError otherwise.
 
-    In order: network allowed (``HF_HUB_OFFLINE`` unset), a token present, the Hub reachable within
+    In order: network allowed (``HF_HUB_OFFLINE`` not on), a token present, the Hub reachable within
     ``timeout`` seconds and accepting the token, a token that may write, a namespace the account may
     write to, and (when set) a license id the Hub accepts.
     """
@@ -84,7 +84,8 @@ def check_access(prefix: str, *, timeout: float, license: str | None = None) -> 
         return ConfigError(f"config key 'hub.push': {reason} (or add hub.dry_run=true to stage the push without it)")
 
     if offline_mode():
-        raise fail("pushing needs the network, but HF_HUB_OFFLINE is set (the Makefile and tests set it); unset it")
+        raise fail(f"pushing needs the network, but HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']} (the Makefile and "
+                   "tests set it); set HF_HUB_OFFLINE=0")
     if not get_token():
         raise fail("pushing needs a Hugging Face token; export HF_TOKEN=<a write token> or run `hf auth login`")
     try:
