@@ -83,7 +83,7 @@ def _select_manifest() -> dict:
         "fingerprint": "abc123", "finished_at": "2026-01-01T00:00:00+0000", "pool_rows": 6, "selected_rows": 3,
         "skipped_records": 1, "versions": {"deita": "0.1.0"},
         "rows_per_source": {"/data/a.json": 4, "/data/b.json": 2},
-        "method_report": {"tau": 0.9, "rejected_by_tau": 2, "scanned": 5},
+        "method_report": {"tau": 0.9, "rejected_by_tau": 2, "scanned": 5, "pool_rows": 6, "timings": {"score_s": 1.23456}},
         "config": {"selection": {"method": "deita", "budget": 3, "tau": 0.9, "diversity": True}},
         "inputs": {"data": [{"file": "a.json", "sha256": "1111", "limit": None}, {"hub": "org/b", "limit": 2}],
                    "upstream": {}},
@@ -108,12 +108,13 @@ def test_dataset_card_says_how_what_and_from_where():
                               reports=["report.html"], license="cc-by-nc-4.0")
     text = str(card)
     meta = front_matter(text)
-    assert meta["license"] == "cc-by-nc-4.0" and meta["tags"] == ["deita", "deita"]
+    assert meta["license"] == "cc-by-nc-4.0" and meta["tags"] == ["deita"]  # the method is deita: once
     assert meta["size_categories"] == ["n<1K"] and meta["task_categories"] == ["text-generation"]
     assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
     facts = _table(text, "Selection")
     assert facts["budget"] == ["3 rows"] and facts["τ (max cosine similarity to a kept row)"] == ["0.9"]
     assert facts["rows rejected by τ"] == ["2"] and facts["pool rows"] == ["6"] and facts["selected rows"] == ["3"]
+    assert facts["scanned"] == ["5"] and facts["timings"] == ["score_s=1.235"] and text.count("| pool rows |") == 1
     sources = _table(text, "Pool sources")
     assert sources["a.json"][0] == "4" and sources["org/b"][0] == "2"  # file names only, never local paths
     assert "/data/a.json" not in text
@@ -138,7 +139,9 @@ def _record() -> dict:
     return {"trainer": "DPOTrainer", "base_model": "/runs/x/sft/model", "base_stage": "sft",
             "hyperparameters": {"learning_rate": 5e-07, "train_batch_size": 2, "total_train_batch_size": 8},
             "metrics": {"train_loss": 0.6931, "global_steps": 2},
-            "provenance": {"preference_sources": ["org/prefs"], "pairs": 16}, "train_pairs": 16, "trained_pairs": 15}
+            "provenance": {"preference_sources": ["org/prefs"], "pairs": 16,
+                           "selection_method": {"method": "deita", "budget": 3, "scorer": {"max_length": 512}}},
+            "train_pairs": 16, "trained_pairs": 15}
 
 
 def test_model_card_metadata_for_the_hub():
@@ -158,6 +161,7 @@ def test_model_card_metadata_for_the_hub():
     assert "fine-tuned version of [me/x-sft](https://huggingface.co/me/x-sft), which was trained on [me/x-data]" in text
     data = _table(text, "Training data")
     assert data["preference sources"] == ["org/prefs"] and data["trained pairs"] == ["15"]
+    assert data["selection method"] == ["method=deita, budget=3"]
 
 
 def test_local_model_card_names_no_local_path_in_its_metadata():

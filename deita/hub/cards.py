@@ -76,6 +76,13 @@ def score_summary(scores) -> list[list[str]]:
     return rows
 
 
+def report_value(value: Any) -> str:
+    """A method-report value in a card: numbers in 4 significant digits, dicts as ``k=v`` lists."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={fmt(v)}" for k, v in value.items())
+    return json.dumps(value) if isinstance(value, list) else fmt(value)
+
+
 def source_name(source: dict | str) -> str:
     """How a data source is named in a card: its file or folder name (local paths stay private) or its hub
     name. ``source`` is a path, or a source fingerprint (``{"file": ...}``, ``{"dir": ...}``, ``{"hub": ...}``)."""
@@ -100,7 +107,7 @@ def dataset_card(*, repo_id: str, select_manifest: dict, scores, command: str, p
     report = select_manifest.get("method_report") or {}
     n_selected, n_pool = select_manifest["selected_rows"], select_manifest["pool_rows"]
     data = DatasetCardData(
-        pretty_name=repo_id.split("/")[-1], license=license, tags=["deita", method],
+        pretty_name=repo_id.split("/")[-1], license=license, tags=list(dict.fromkeys(["deita", method])),
         task_categories=["text-generation"], size_categories=[size_category(n_selected)],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
     )
@@ -113,8 +120,8 @@ def dataset_card(*, repo_id: str, select_manifest: dict, scores, command: str, p
     facts += [["pool rows", n_pool], ["selected rows", n_selected],
               ["malformed records skipped", select_manifest.get("skipped_records", 0)],
               ["selection fingerprint", f"`{select_manifest['fingerprint']}`"]]
-    facts += [[key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else fmt(value)]
-              for key, value in sorted(report.items()) if key not in ("tau", "rejected_by_tau")]
+    shown = ("tau", "rejected_by_tau", "pool_rows", "selected_rows")
+    facts += [[key.replace("_", " "), report_value(value)] for key, value in sorted(report.items()) if key not in shown]
     entries = select_manifest["inputs"]["data"]
     sizes = list((select_manifest.get("rows_per_source") or {}).values())
     if len(sizes) != len(entries):  # (a file listed twice has one count): say nothing rather than misattribute
@@ -224,8 +231,8 @@ def data_rows(provenance: dict) -> list[list[str]]:
     """Rows of the training-data table from a stage's ``provenance`` record."""
     rows = []
     for key, value in provenance.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        if isinstance(value, dict):  # a config excerpt: its scalar keys (the dataset card has the rest)
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, (dict, list)))
         elif isinstance(value, list):
             value = ", ".join(source_name(v) for v in value)
         rows.append([key.replace("_", " "), value])
