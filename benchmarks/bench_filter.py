@@ -5,7 +5,7 @@
     float64 matrix, conversion to a torch float32 tensor, L2-normalisation of both sides twice
     (normalize_emb and then cosine), one (1 x K) matmul, ``> tau``, the intra-batch (1 x 1) check.
 (b) ours: :func:`deita.selection.filters.greedy_diverse` (blocked, exact) from the raw float32 embeddings,
-    including its norm check of every pool row and the L2-normalisation of the scanned rows.
+    including the validation and L2-normalisation of the scanned rows (the streamed filter reads only those).
 (c) floor: one float32 matmul of the normalised scanned candidates (N_scanned x D) against the final kept
     set (D x K) with a row max: the similarity arithmetic of the greedy with no sequential dependence
     (the greedy itself needs about half of it, each candidate against the set kept so far).
@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _markdown import command_line, emit  # benchmarks/, the script's folder
 
 from deita.selection.filters import greedy_diverse, l2_normalize
 from deita.selection.ranking import score_order
@@ -225,7 +225,7 @@ def main(argv=None):
                     ref_limit=a.ref_limit, probes=a.probes, probe_reps=a.probe_reps)
     print("full", full, flush=True)
 
-    cmd = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0].split("/work/main/")[-1], *sys.argv[1:]])
+    cmd = command_line(__file__, sys.argv[1:])
     dev = a.device if a.device == "cpu" else torch.cuda.get_device_name(torch.device(a.device))
     lines = [
         "# Repr filter (score-first diversity-aware greedy): reference loop vs ours",
@@ -248,7 +248,7 @@ def main(argv=None):
         "- reference: faithful re-implementation of `IterativeFilter.filter` (batch_size 1, chunk_size 100000): "
         "per step a fancy-index copy of all kept rows from the float64 pool, torch float32 conversion, double "
         "L2-normalisation, (1 x K) matmul, strict `> tau`.",
-        "- ours: `deita.selection.filters.greedy_diverse(block_size=%d)`, exact; timed from the raw float32 pool, so it includes validating every row's norm and normalising the scanned rows."
+        "- ours: `deita.selection.filters.greedy_diverse(block_size=%d)`, exact; timed from the raw float32 pool, so it includes validating and normalising the scanned rows (the streamed filter reads only those)."
         % a.block_size,
         "- floor: one fp32 matmul of the normalised *scanned* candidates (N_scanned x D) against the final kept "
         "set (D x K) with a row max; not a strict bound (the greedy needs about half these dot products, "
@@ -262,9 +262,7 @@ def main(argv=None):
         f"(points k -> seconds/step: {', '.join(f'{k:.0f}->{t * 1e3:.1f}ms' for k, t in full['probe_points'])}).",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text)
+    emit(text, a.out)
 
 
 if __name__ == "__main__":
