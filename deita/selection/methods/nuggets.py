@@ -21,12 +21,19 @@ class NuggetsAnchorsConfig:
     """Where the anchors (predefined tasks) come from."""
 
     method: str = "kmeans"
-    """kmeans: the pool example nearest each k-means centroid (reference); random: k uniform pool rows;
-    file: the rows of ``path`` (any file the data layer loads)."""
+    """kmeans: the pool example nearest each k-means centroid (reference; faithful mode keeps a row that is
+    nearest to two centroids twice, as the reference, clean mode once); random: k uniform pool rows; file:
+    the rows of ``path`` (any file the data layer loads)."""
     k: int = 100
     """Number of clusters (kmeans) or rows (random). The reference uses 100."""
     seed: int = 0
     """Seed of k-means++ / the random draw (the reference's KMeans uses random_state=0)."""
+    kmeans: str = "sklearn"
+    """k-means for method=kmeans: 'sklearn' (the reference's KMeans(n_clusters=k, random_state=seed) with
+    scikit-learn 1.3's defaults: k-means++, n_init=10, Lloyd, max_iter=300, tol=1e-4; the only choice in
+    faithful mode) or 'faiss' (clean mode: faiss-cpu k-means, one seeded run of 25 iterations on <= 256
+    sampled rows per centroid; much faster on 300K x 4096 pools, other anchors; needs
+    ``pip install deita[faiss]``)."""
     path: Optional[str] = None
     """Anchor file for method=file."""
     embedder: str = "reference"
@@ -99,9 +106,33 @@ def check_config(cfg) -> None:
                          f"got {cfg.anchor_max_length}; use mode=clean to change it")
     if cfg.mode == "faithful" and cfg.dtype not in ("float32", "fp32"):
         raise ValueError(f"nuggets mode=faithful scores in float32, got dtype={cfg.dtype!r}; use mode=clean")
+    check_anchors_config(cfg)
     rules = [n for n in ("threshold", "top_k", "top_fraction") if getattr(cfg, n) is not None]
     if len(rules) != 1:
         raise ValueError(f"nuggets: set exactly one of threshold/top_k/top_fraction, got {rules or 'none'}")
+
+
+def check_anchors_config(cfg) -> None:
+    """Raise :class:`deita.validate.ConfigError` naming ``selection.anchors.kmeans`` when the k-means backend
+    is unknown, not the reference's in faithful mode, or not installed."""
+    from deita.selection.nuggets.kmeans import KMEANS_BACKENDS
+    from deita.validate import ConfigError
+
+    backend = cfg.anchors.kmeans
+    key = "config key 'selection.anchors.kmeans'"
+    if backend not in KMEANS_BACKENDS:
+        raise ConfigError(f"{key}: must be one of {list(KMEANS_BACKENDS)}, got {backend!r}")
+    if cfg.anchors.method != "kmeans":
+        return
+    if cfg.mode == "faithful" and backend != "sklearn":
+        raise ConfigError(f"{key}: mode=faithful clusters with the reference's scikit-learn KMeans, got "
+                          f"{backend!r}; use selection.mode=clean for {backend}")
+    if backend == "faiss":
+        try:
+            import faiss  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(f"{key}: 'faiss' needs faiss-cpu, which is not installed ({err}); "
+                              "pip install 'deita[faiss]' (faiss-cpu==1.15.1)") from None
 
 
 @SELECTORS.register("nuggets")

@@ -2,94 +2,61 @@
 
 Reference (pldlgb/nuggets): every pool example is rendered as its full Nuggets text, embedded with the
 scoring LLM's ``AutoModel`` (``last_hidden_state`` averaged over ALL 512 padded positions, pads included:
-a quirk kept by :func:`reference_embeddings`), clustered with ``sklearn KMeans(n_clusters=100,
-random_state=0)``, and the pool example nearest (squared Euclidean) to each centroid becomes an anchor.
+a quirk kept by :func:`reference_embeddings`), saved as float32, clustered with ``sklearn
+KMeans(n_clusters=100, random_state=0)`` (:mod:`deita.selection.nuggets.kmeans` says which settings that
+means and how they are reproduced), and for each centroid the pool example nearest to it (squared
+Euclidean) becomes an anchor: one anchor per centroid, ``k`` in all.
 
-Differences, stated: scikit-learn is not a dependency, so :func:`kmeans` is our own seeded k-means++
-(greedy, ``2 + ln k`` local trials like sklearn) with Lloyd iterations; the same seed gives the same
-anchors here, but not sklearn's exact clusters. When two centroids share a nearest example, it is kept
-once (the anchor set has no duplicates). The reference adds a randomly initialised ``[PAD]`` embedding
-row; we initialise it to the mean row so the embedding is deterministic.
+Nearest-row rule (:func:`nearest_to_centers`): distances in float64, one block of rows at a time (the
+embedding matrix itself stays float32); an exact tie goes to the lowest pool index (``argmin``). When two
+centroids share their nearest example, faithful mode keeps it twice, as the reference's one-per-centroid
+rule does (the anchor then counts twice in every golden score, which stays a fraction of ``k``); clean
+mode keeps it once (fewer than ``k`` anchors). The reference adds a randomly initialised ``[PAD]``
+embedding row; we initialise it to the mean row so the embedding is deterministic.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
 
-
-def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances [n, k] (float64)."""
-    d = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0)
+#: Bytes of float64 rows :func:`nearest_to_centers` converts at a time.
+BLOCK_BYTES = 32 << 20
 
 
-def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ seeding: each new center is the best of ``2 + ln k`` D²-weighted draws."""
-    n = x.shape[0]
-    trials = 2 + int(math.log(k))
-    centers = [x[rng.integers(n)]]
-    closest = _sq_dists(x, centers[0][None])[:, 0]
-    for _ in range(1, k):
-        total = closest.sum()
-        if total <= 0:
-            cand = rng.integers(n, size=trials)
-        else:
-            cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
-            cand = np.minimum(cand, n - 1)
-        d = np.minimum(closest[None, :], _sq_dists(x, x[cand]).T)
-        best = int(np.argmin(d.sum(1)))
-        centers.append(x[cand[best]])
-        closest = d[best]
-    return np.stack(centers)
+def nearest_to_centers(x, centers, *, unique: bool = False) -> list[int]:
+    """For each center in order, the index of the nearest row of ``x`` (squared Euclidean; ties: lowest
+    index). ``unique`` drops an index an earlier center already took.
 
-
-def kmeans(x, k: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded k-means (k-means++ init, Lloyd iterations) on rows of ``x``. Returns ``(centers, labels)``.
-
-    Stops when no label changes or the total squared center shift is ``<= tol * mean feature variance``
-    (sklearn's criterion). An emptied cluster keeps its previous center.
+    Rows are converted to float64 one block (:data:`BLOCK_BYTES`) at a time; ``x`` is never copied whole.
     """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or not 1 <= k <= x.shape[0]:
-        raise ValueError(f"kmeans: need a 2-D array with at least k={k} rows, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    centers = kmeans_pp_init(x, k, rng)
-    eps = tol * float(np.var(x, axis=0).mean())
-    labels = np.full(x.shape[0], -1)
-    for _ in range(max_iter):
-        new_labels = np.argmin(_sq_dists(x, centers), axis=1)
-        new_centers = centers.copy()
-        for j in range(k):
-            members = x[new_labels == j]
-            if len(members):
-                new_centers[j] = members.mean(0)
-        shift = float(((new_centers - centers) ** 2).sum())
-        done = np.array_equal(new_labels, labels) or shift <= eps
-        centers, labels = new_centers, new_labels
-        if done:
-            break
-    return centers, np.argmin(_sq_dists(x, centers), axis=1)
+    c = np.asarray(centers, dtype=np.float64)
+    c_sq = (c * c).sum(1)
+    n, k = len(x), c.shape[0]
+    best_d, best_i = np.full(k, np.inf), np.zeros(k, dtype=np.int64)
+    step = max(1, BLOCK_BYTES // (8 * max(1, c.shape[1])))
+    for s in range(0, n, step):
+        xb = np.asarray(x[s : s + step], dtype=np.float64)
+        d = (xb * xb).sum(1)[:, None] - 2.0 * (xb @ c.T) + c_sq[None, :]
+        i = d.argmin(0)
+        v = d[i, np.arange(k)]
+        closer = v < best_d  # strict: an earlier block keeps a tie
+        best_d[closer], best_i[closer] = v[closer], i[closer] + s
+    out = [int(i) for i in best_i]
+    return list(dict.fromkeys(out)) if unique else out
 
 
-def nearest_to_centers(x, centers) -> list[int]:
-    """For each center in order, the index of the nearest row (squared Euclidean, ties: lowest index);
-    an index already taken by an earlier center is not repeated."""
-    d = _sq_dists(np.asarray(x, dtype=np.float64), np.asarray(centers, dtype=np.float64))
-    out: list[int] = []
-    for j in range(d.shape[1]):
-        i = int(np.argmin(d[:, j]))
-        if i not in out:
-            out.append(i)
-    return out
+def kmeans_anchor_indices(emb, k: int = 100, seed: int = 0, *, kmeans: str = "sklearn",
+                          unique: bool = False) -> list[int]:
+    """Pool indices of the k-means anchors: the example nearest each of ``k`` centroids, in centroid order.
 
+    ``kmeans`` picks the backend (:data:`deita.selection.nuggets.kmeans.KMEANS_BACKENDS`); ``unique``
+    keeps a shared nearest example once (clean mode) instead of once per centroid (faithful mode).
+    """
+    from deita.selection.nuggets.kmeans import kmeans_centers
 
-def kmeans_anchor_indices(emb, k: int = 100, seed: int = 0) -> list[int]:
-    """Pool indices of the k-means anchors: the example nearest each of ``k`` centroids."""
-    centers, _ = kmeans(emb, k, seed)
-    return nearest_to_centers(emb, centers)
+    return nearest_to_centers(emb, kmeans_centers(emb, k, seed, kmeans), unique=unique)
 
 
 def random_anchor_indices(n: int, k: int, seed: int = 0) -> list[int]:

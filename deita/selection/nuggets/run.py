@@ -61,7 +61,7 @@ def anchor_indices(rows: list[dict], texts: list[tuple[str, str]], cfg, ctx, mod
         return np.stack(map_sharded(fulls, fn, ctx.dist))
 
     emb = ctx.cache.array("nuggets_anchor_embeddings", key, compute)
-    return A.kmeans_anchor_indices(emb, a.k, a.seed)
+    return A.kmeans_anchor_indices(emb, a.k, a.seed, kmeans=a.kmeans, unique=cfg.mode == "clean")
 
 
 def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
