@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 #: Bytes of float64 rows :func:`nearest_to_centers` converts at a time.
-BLOCK_BYTES = 32 << 20
+BLOCK_BYTES = 16 << 20
 
 
 def nearest_to_centers(x, centers, *, unique: bool = False) -> list[int]:
@@ -38,7 +38,7 @@ def nearest_to_centers(x, centers, *, unique: bool = False) -> list[int]:
     step = max(1, BLOCK_BYTES // (8 * max(1, c.shape[1])))
     for s in range(0, n, step):
         xb = np.asarray(x[s : s + step], dtype=np.float64)
-        d = (xb * xb).sum(1)[:, None] - 2.0 * (xb @ c.T) + c_sq[None, :]
+        d = np.einsum("ij,ij->i", xb, xb)[:, None] - 2.0 * (xb @ c.T) + c_sq[None, :]
         i = d.argmin(0)
         v = d[i, np.arange(k)]
         closer = v < best_d  # strict: an earlier block keeps a tie
