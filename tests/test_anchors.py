@@ -195,3 +195,13 @@ def test_reference_embedding_includes_pads(tiny_llama):
         enc = tok(texts[:1], return_tensors="pt", truncation=True, padding="max_length", max_length=16)
         want = model(**enc).last_hidden_state[0].mean(0).numpy()
     assert np.allclose(e16[0], want, atol=1e-5)
+
+
+def test_faithful_faiss_anchors_stop_the_cli_with_the_key(tmp_path, shared_data):
+    from tests.helpers import run_train, shared_paths
+
+    proc = run_train(["recipe=tiny", "stages=[select]", "logger=none", *shared_paths(tmp_path, shared_data),
+                      "selection=nuggets", "selection.anchors.kmeans=faiss"], timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: config key 'selection.anchors.kmeans': mode=faithful" in proc.stderr
+    assert "Traceback" not in proc.stderr
