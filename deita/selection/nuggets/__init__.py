@@ -30,5 +30,6 @@ Two modes (``mode=`` in :class:`deita.selection.methods.nuggets.NuggetsSelection
   * ``anchor_max_length`` is configurable (``None``: no truncation) and so is the dtype.
 
 Modules: ``prompts`` (text), ``golden`` (pure math), ``tokens`` (token ids as the reference sees them),
-``scoring`` (the fast model pass), ``oracle`` (naive oracle and the reference loop), ``anchors``.
+``scoring`` (the fast model pass), ``oracle`` (naive oracle and the reference loop), ``anchors`` (anchor sets,
+the nearest-row rule, the reference embedding), ``kmeans`` (the reference's scikit-learn k-means, faiss).
 """
