@@ -10,7 +10,8 @@ trials), ``n_init=10`` (1.4 changed the default to ``"auto"``, i.e. 1 run), ``al
 scikit-learn 1.9.1 (our pin) runs the same Lloyd iterations bit for bit from the same start, but its
 k-means++ seeding sums the D² weights in the data's dtype (``np.cumsum``; 1.3 used a float64
 ``stable_cumsum``), so on float32 embeddings a seeding can pick another row and ``n_init=10`` can end in
-another clustering (measured: 1 of 15 float32 pools of 2,000-3,000 rows; on float64 data the two agree).
+another clustering (measured: 3 of 15 float32 pools of 2,000-3,000 rows, k=100, none of 50 smaller
+ones; on float64 data the two agree).
 So the seedings are drawn here, as 1.3 drew them: one ``RandomState(seed)`` consumed by the 10 seedings in
 turn, each on the mean-centred data with scikit-learn's own ``euclidean_distances``; each seeding's Lloyd
 run is ``KMeans(init=<those rows>, n_init=1)``, and the lowest inertia wins (an equal-or-worse run, or a
@@ -21,11 +22,13 @@ It runs on one thread: scikit-learn's multi-threaded Lloyd sums centroids per th
 pool it was ~100x slower on a loaded 2-core machine (measured: 300 x 6, k=12, 10 runs: 10 s vs 0.08 s).
 
 ``faiss`` (:func:`faiss_kmeans`, clean mode only; ``pip install deita[faiss]``): faiss-cpu's k-means, 25
-iterations on at most 256 sampled rows per centroid, one seeded run. Many times faster on 300K x 4096
-pools, a few percent higher inertia, other anchors (BENCHMARKS.md).
+iterations on at most 256 sampled rows per centroid, one seeded run: on 20K x 1024 (1 thread) 4.4x faster
+than one scikit-learn run and ~40x faster than the faithful 10 runs, inertia +1-3%, other anchors
+(BENCHMARKS.md). The option for 300K x 4096 pools.
 
-Neither path copies the embedding matrix to float64: scikit-learn works in the embeddings' float32 (one
-float32 centred copy while a run lasts) and faiss reads the float32 array in place.
+Neither path copies the embedding matrix to float64: scikit-learn works in the embeddings' float32 (a
+float32 working copy per run, plus briefly the temporary of its tolerance's ``np.var``: 2x the float32
+matrix at the peak) and faiss reads the float32 array in place.
 """
 
 from __future__ import annotations
