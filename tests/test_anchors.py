@@ -155,19 +155,18 @@ def test_nuggets_method_takes_the_reference_kmeans_anchors(tmp_path, tiny_llama)
     from deita.cache import ContentCache
     from deita.distributed import DistInfo
     from deita.selection.base import SELECTORS, SelectionContext
-    from deita.selection.methods import load_all
     from deita.selection.nuggets.anchors import reference_embeddings
     from deita.selection.nuggets.prompts import row_texts
+    from deita.selection.stage import rank_and_cut
     from tests.test_nuggets_method import _rows
 
-    load_all()
     rows = _rows()
     ctx = SelectionContext(cache=ContentCache(tmp_path / "cache"), dist=DistInfo(), data_fingerprint="fp",
                            model_resolver=lambda ref: str(tiny_llama))
     nuggets = SELECTORS.get("nuggets")
     cfg = nuggets.config_class(model="tiny", threshold=None, top_k=4)
     cfg.anchors.k, cfg.anchors.embed_max_length = 3, 64
-    result = nuggets(cfg).select(rows, ctx)
+    result, _ = rank_and_cut(nuggets(cfg), rows, ctx)
 
     emb = reference_embeddings(str(tiny_llama), [row_texts(r, i)[1] for i, r in enumerate(rows)], max_length=64)
     want = _nearest_brute_force(emb, _sklearn_kmeans(emb, 3).cluster_centers_)
