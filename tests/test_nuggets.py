@@ -139,13 +139,44 @@ def test_fast_equals_oracle_and_reference_loop(llama_like, texts, mode, max_len)
     one_f = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=3, candidate_batch_size=4)
     zero_r, one_r = oracle.reference_loop_sums(model, demos, anchors, zp, pad_to=max_len)
     assert np.abs(zero_f - zero_o).max() < 1e-4 and np.abs(one_f - one_o).max() < 1e-4
-    assert np.abs(zero_r - zero_o).max() < 1e-4 and np.abs(one_r - one_o).max() < 1e-4
+    # the reference loop sums float32 log-probs in float32 (as the reference): rounding grows with |sum|
+    assert np.allclose(zero_r, zero_o, rtol=1e-6, atol=1e-4) and np.allclose(one_r, one_o, rtol=1e-6, atol=1e-4)
     gs = golden_scores(zero_o, one_o)
     assert np.array_equal(golden_scores(zero_f, one_f), gs)
     assert np.array_equal(golden_scores(zero_r, one_r), gs)
     if mode == "faithful":
         assert zero_o[3] == 0.0 and (one_o[:, 3] == 0.0).all()  # long query: never a win
+        zero_32 = scoring.zero_shot_sums(model, anchors, zp, batch_size=3, accumulate="float32")
+        one_32 = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=3, candidate_batch_size=4,
+                                       accumulate="float32")
+        assert np.allclose(zero_32, zero_r, rtol=1e-6, atol=1e-4) and np.allclose(one_32, one_r, rtol=1e-6, atol=1e-4)
+        assert np.array_equal(golden_scores(zero_32, one_32), gs)
+        assert (np.float32(one_32) == one_32).all()  # float32 values, as the reference's .item()
     assert 0.0 < gs.mean() < 1.0  # the test is not vacuous
+
+
+def test_reference_row_sums_are_the_references_float32_sums(llama_like):
+    """Given the same hidden states, the faithful sums equal the reference's computation bit for bit:
+    log_softmax over a [B, L, V] logits tensor, gather, one float32 torch.sum per row."""
+    import torch
+
+    from deita.selection.nuggets.scoring import reference_row_sums
+
+    _, model = llama_like
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 150, model.config.hidden_size, generator=g)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 150), generator=g)
+    spans = [(3, 140), (10, 75)]  # [start, end) of the scored tokens per row
+    with torch.no_grad():
+        lp = torch.log_softmax(model.get_output_embeddings()(hidden), dim=-1)  # as the reference: whole tensor
+        want = [torch.sum(torch.gather(lp[r, s - 1 : e - 1], -1, tokens[r, s:e, None]).squeeze(-1)).item()
+                for r, (s, e) in enumerate(spans)]
+        rows = torch.cat([hidden[r, s - 1 : e - 1] for r, (s, e) in enumerate(spans)])
+        targets = torch.cat([tokens[r, s:e] for r, (s, e) in enumerate(spans)])
+        got = reference_row_sums(model, rows, targets, [e - s for s, e in spans], chunk=64)
+    assert got.tolist() == want
+    assert got.tolist() != [float(x) for x in torch.tensor([lp[r, s - 1 : e - 1].gather(-1, tokens[r, s:e, None]).double().sum()
+                                                          for r, (s, e) in enumerate(spans)])]  # float64 sums differ
 
 
 def test_batch_sizes_do_not_change_sums(llama_like, texts):

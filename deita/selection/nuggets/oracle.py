@@ -4,7 +4,8 @@
   padding: the definition of the score, built from the token ids the reference sees.
 * :func:`reference_loop_sums`: a faithful re-implementation of pldlgb/nuggets' loop (``instruction_main.py``):
   zero-shot in batches of 8 padded to a fixed 200, then per candidate one demonstration prefill whose KV is
-  expanded over each batch of 8 fixed-padded anchors, full-vocabulary ``log_softmax``, gather.
+  expanded over each batch of 8 fixed-padded anchors, full-vocabulary ``log_softmax``, gather, and
+  ``torch.sum(extracted).item()``: a float32 sum of the float32 log-probs, as the reference.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def _padded(anchors: Sequence[AnchorTokens], width: int, pad_id: int, prefix: Se
     return ids, mask
 
 
-def _batch_sums(logits, ids, anchors, offset: int) -> list[float]:
-    """Per row, the reference's gather: log_softmax over the full vocabulary, then the answer tokens."""
+def _batch_sums(logits, ids, anchors, offset: int, accumulate: str) -> list[float]:
+    """Per row, the reference's gather: log_softmax over the full vocabulary, then the answer tokens,
+    summed in the logits' dtype (``accumulate="float32"``, the reference) or in float64."""
     import torch
 
     lp = torch.log_softmax(logits, dim=-1)
@@ -67,7 +69,8 @@ def _batch_sums(logits, ids, anchors, offset: int) -> list[float]:
             out.append(0.0)
             continue
         s, e = offset + a.start, offset + a.end
-        out.append(float(torch.gather(lp[r, s - 1 : e - 1], -1, ids[r, s:e, None]).squeeze(-1).double().sum()))
+        picked = torch.gather(lp[r, s - 1 : e - 1], -1, ids[r, s:e, None]).squeeze(-1)
+        out.append(torch.sum(picked if accumulate == "float32" else picked.double()).item())
     return out
 
 
@@ -81,8 +84,15 @@ def reference_loop_sums(
     pad_to: Optional[int] = 200,
     pad_id: int = 0,
     progress: bool = False,
+    accumulate: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(zero [M], one [N, M])`` computed the way the reference loop does (see the module doc)."""
+    """``(zero [M], one [N, M])`` computed the way the reference loop does (see the module doc).
+
+    ``accumulate="float64"`` sums the same float32 log-probs in float64 instead of the reference's float32
+    ``torch.sum``: only to measure how much the accumulation alone moves a sum.
+    """
+    if accumulate not in ("float32", "float64"):
+        raise ValueError(f"accumulate must be float32 or float64, got {accumulate!r}")
     import torch
     from tqdm.auto import tqdm
     from transformers import DynamicCache
@@ -95,7 +105,7 @@ def reference_loop_sums(
         ids, mask = _padded([anchors[i] for i in b], width, pad_id, zero_prefix)
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.cpu()
-        zero[b] = _batch_sums(logits, ids, [anchors[i] for i in b], len(zero_prefix))
+        zero[b] = _batch_sums(logits, ids, [anchors[i] for i in b], len(zero_prefix), accumulate)
     one = np.zeros((len(demos), len(anchors)))
     for c, demo in enumerate(tqdm(demos, desc="reference loop", disable=not progress)):
         d_ids = torch.tensor([list(demo)], device=device)
@@ -114,5 +124,5 @@ def reference_loop_sums(
                 logits = model(
                     input_ids=ids.to(device), attention_mask=merged.to(device), past_key_values=cache
                 ).logits.cpu()
-            one[c, b] = _batch_sums(logits, ids, [anchors[i] for i in b], 0)
+            one[c, b] = _batch_sums(logits, ids, [anchors[i] for i in b], 0, accumulate)
     return zero, one

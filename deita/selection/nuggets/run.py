@@ -15,8 +15,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def accumulation(cfg) -> str:
+    """How answer log-probs are summed: as the reference (float32, its order) in faithful mode, else float64."""
+    return "float32" if cfg.mode == "faithful" else "float64"
+
+
 def _scoring_key(cfg) -> dict:
-    return {"mode": cfg.mode, "anchor_max_length": cfg.anchor_max_length, "dtype": cfg.dtype}
+    return {"mode": cfg.mode, "anchor_max_length": cfg.anchor_max_length, "dtype": cfg.dtype,
+            "accumulate": accumulation(cfg)}
 
 
 def load_scoring_model(path: str, cfg):
@@ -92,13 +98,14 @@ def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
     key = {"data": ctx.data_fingerprint, "model": ident, **_scoring_key(cfg),
            "anchors": hash_json([list(a.body) + [a.start, a.end] for a in anchors])}
     zero = ctx.cache.array("nuggets_zero_shot", key, lambda: scoring.zero_shot_sums(
-        model, anchors, zero_shot_prefix(tok, cfg.mode), batch_size=cfg.zero_shot_batch_size, pad_id=pad))
+        model, anchors, zero_shot_prefix(tok, cfg.mode), batch_size=cfg.zero_shot_batch_size, pad_id=pad,
+        accumulate=accumulation(cfg)))
 
     def shard(indices: list[int]) -> list[list[float]]:
         demos = [encode_demo(tok, texts[i][1], cfg.mode) for i in indices]
         sums = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=cfg.anchor_batch_size,
                                      candidate_batch_size=cfg.candidate_batch_size, pad_id=pad,
-                                     progress=ctx.dist.is_main)
+                                     progress=ctx.dist.is_main, accumulate=accumulation(cfg))
         return sums.tolist()
 
     one = ctx.cache.array("nuggets_one_shot", key,

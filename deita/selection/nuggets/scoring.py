@@ -13,7 +13,21 @@ Every row sees exactly the tokens (and positions) of the reference; what is skip
   forward (fastest on tiny:llama, measured) the demonstration K/V are ``expand``-ed views; several
   candidates per forward are right-padded (masked) with explicit ``position_ids`` that continue after
   each row's own demonstration;
-* the output head runs only at scored positions, in chunks: log p = logit - logsumexp (no ``[B, L, V]``).
+* the output head runs only at scored positions, in chunks (no ``[B, L, V]`` tensor).
+
+Sums (``accumulate``): clean mode takes log p = logit - logsumexp in float32 chunks and sums in float64 (the
+more exact sum). Faithful mode repeats the reference's arithmetic after the forward pass: float32
+full-vocabulary ``log_softmax``, gather, one float32 ``torch.sum`` per anchor in the reference's order
+(:func:`reference_row_sums`; bit-identical to the reference given the same hidden states, tested). The
+forward pass cannot match bit for bit (the reference pads every anchor to 200 in batches of 8, we batch by
+length and share the prefix), so a residual remains. Against the reference loop
+(:func:`deita.selection.nuggets.oracle.reference_loop_sums`, float32 sums) on Alpaca rows: SmolLM2-135M fp32,
+128 pairs: max |margin difference| 1.8e-4 nats (float64 sums: 4.2e-4; max |sum difference| 1.5e-4 vs
+1.5e-3); tiny:llama, 5,000 pairs: 2.4e-4 (float64: 3.0e-4). No win/loss outcome flipped in either (the
+smallest reference margins were 1.2e-3 and 1.2e-4 nats): a pair closer than ~2e-4 nats can still flip. The
+gap is mostly the reference's own float32 rounding (tiny: 1.9e-5 against the reference loop summed in
+float64); the original ran on a GPU, whose float32 reductions round differently again. Faithful sums cost
+~5% more in the output-head step (≈1% of a pass). Figures and commands: BENCHMARKS.md, "Nuggets near-ties".
 """
 
 from __future__ import annotations
@@ -62,6 +76,27 @@ def head_logprobs(model, hidden, targets, chunk: int = 128):
     return out
 
 
+#: How the answer log-probs of one anchor row are summed (``accumulate=`` of the sum functions below).
+ACCUMULATE = ("float64", "float32")
+
+
+def reference_row_sums(model, hidden, targets, counts: list[int], chunk: int = 128):
+    """The reference's per-row answer sums, float32 throughout: each scored position's full-vocabulary
+    ``log_softmax`` (per chunk of ``chunk`` rows: the kernel works row by row, so the values are bit-identical
+    to one ``log_softmax`` over the reference's ``[B, 200, V]`` tensor), gathered, then one ``torch.sum`` per
+    row over its ``counts[i]`` consecutive tokens (the reference's ``torch.sum(extracted)``, same order).
+    Returns float64 holding the float32 values.
+    """
+    import torch
+
+    head = model.get_output_embeddings()
+    lp = torch.empty(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk):
+        logp = torch.log_softmax(head(hidden[s : s + chunk]), dim=-1)
+        lp[s : s + chunk] = logp.gather(1, targets[s : s + chunk, None])[:, 0]
+    return torch.stack([seg.sum() for seg in lp.split(counts)]).double()
+
+
 class _Batch:
     """Padded input ids of one anchor batch plus where its scored tokens are (built once, reused)."""
 
@@ -79,6 +114,7 @@ class _Batch:
             rows += [r] * len(t)
             cols += range(plan.first[i], plan.first[i] + len(t))
             tgts += t
+        self.counts = [len(plan.targets[i]) for i in members]
         self.ids = ids.to(device)
         self.rows = torch.tensor(rows, dtype=torch.long, device=device)
         self.cols = torch.tensor(cols, dtype=torch.long, device=device)
@@ -115,7 +151,8 @@ def _seeded_cache(model, kv, rows: int):
     return cache
 
 
-def _group_sums(model, seqs: list[list[int]], batches: list[_Batch], n_active: int, pad_id: int, device):
+def _group_sums(model, seqs: list[list[int]], batches: list[_Batch], n_active: int, pad_id: int, device,
+                accumulate: str):
     """[g, n_active] answer sums of every anchor after each of the ``g`` prefixes in ``seqs`` (one group)."""
     import torch
 
@@ -158,17 +195,22 @@ def _group_sums(model, seqs: list[list[int]], batches: list[_Batch], n_active: i
         # token, so no padding mask is needed (pad positions compute garbage that is never read).
         hidden = decoder(input_ids=ids, use_cache=kv is not None, **kwargs).last_hidden_state
         r, c, t = b.scored(g)
-        sums = torch.zeros(rows, dtype=torch.float64, device=device)
-        sums.index_add_(0, r, head_logprobs(model, hidden[r, c], t))
+        if accumulate == "float32":
+            sums = reference_row_sums(model, hidden[r, c], t, b.counts * g)
+        else:
+            sums = torch.zeros(rows, dtype=torch.float64, device=device)
+            sums.index_add_(0, r, head_logprobs(model, hidden[r, c], t))
         out[:, b.members] = sums.reshape(g, b.n)
         del hidden, kwargs
     return out
 
 
-def _run(model, prefixes, anchors, *, anchor_batch_size, candidate_batch_size, pad_id, progress, desc):
+def _run(model, prefixes, anchors, *, anchor_batch_size, candidate_batch_size, pad_id, progress, desc, accumulate):
     import torch
     from tqdm.auto import tqdm
 
+    if accumulate not in ACCUMULATE:
+        raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
     _check_head(model)
     device = next(model.parameters()).device
     out = np.zeros((len(prefixes), len(anchors)))
@@ -184,7 +226,7 @@ def _run(model, prefixes, anchors, *, anchor_batch_size, candidate_batch_size, p
     with torch.inference_mode(), tqdm(total=len(prefixes), desc=desc, unit="cand", disable=not progress) as bar:
         for group in groups:
             seqs = [list(prefixes[c]) + list(plan.prefix) for c in group]
-            sums = _group_sums(model, seqs, batches, len(cols), pad_id, device).cpu().numpy()
+            sums = _group_sums(model, seqs, batches, len(cols), pad_id, device, accumulate).cpu().numpy()
             for r, c in enumerate(group):
                 out[c, cols] = sums[r]
             bar.update(len(group))
@@ -192,11 +234,13 @@ def _run(model, prefixes, anchors, *, anchor_batch_size, candidate_batch_size, p
 
 
 def zero_shot_sums(
-    model, anchors: Sequence[AnchorTokens], prefix: Sequence[int], *, batch_size: int = 16, pad_id: int = 0
+    model, anchors: Sequence[AnchorTokens], prefix: Sequence[int], *, batch_size: int = 16, pad_id: int = 0,
+    accumulate: str = "float64",
 ) -> np.ndarray:
-    """Sum of answer log-probs of each anchor alone (``prefix`` + anchor), [M] float64."""
+    """Sum of answer log-probs of each anchor alone (``prefix`` + anchor), [M] float64 (``accumulate``: see
+    :func:`one_shot_sums`)."""
     return _run(model, [list(prefix)], anchors, anchor_batch_size=batch_size, candidate_batch_size=1,
-                pad_id=pad_id, progress=False, desc="nuggets zero-shot")[0]
+                pad_id=pad_id, progress=False, desc="nuggets zero-shot", accumulate=accumulate)[0]
 
 
 def one_shot_sums(
@@ -208,18 +252,21 @@ def one_shot_sums(
     candidate_batch_size: int = 4,
     pad_id: int = 0,
     progress: bool = False,
+    accumulate: str = "float64",
 ) -> np.ndarray:
     """Sum of answer log-probs of every anchor after every demonstration, [N, M] float64.
 
     Row ``(c, a)`` sees exactly ``demos[c] + anchors[a].body`` with positions ``0..len-1``, as the
     reference's KV-cache concatenation does. ``anchor_batch_size`` caps the anchors of one forward and
-    ``candidate_batch_size`` the demonstrations sharing it (so rows <= their product).
+    ``candidate_batch_size`` the demonstrations sharing it (so rows <= their product). ``accumulate``:
+    "float64" (chunked logsumexp, float64 sums: the more exact sum) or "float32" (the reference's float32
+    log_softmax and float32 ``torch.sum`` per anchor, :func:`reference_row_sums`: faithful mode).
     """
     if any(len(d) == 0 for d in demos):
         raise ValueError("every demonstration needs at least one token")
     return _run(model, demos, anchors, anchor_batch_size=anchor_batch_size,
                 candidate_batch_size=candidate_batch_size, pad_id=pad_id, progress=progress,
-                desc="nuggets one-shot")
+                desc="nuggets one-shot", accumulate=accumulate)
 
 
 def pad_id_of(tok, fallback: Optional[int] = 0) -> int:
