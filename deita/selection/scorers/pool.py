@@ -41,8 +41,11 @@ def score_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
     """Columns ``<kind>_turns``, ``<kind>_truncated``, ``<kind>_error`` for every row, in pool order.
 
     Each process scores its contiguous shard (:func:`deita.distributed.map_sharded`) and the shards are
-    gathered in rank order, so any world size gives the world-size-1 result. With ``cache`` (a
-    :class:`deita.cache.ContentCache`) the result is reused for the same data, model and options.
+    gathered in rank order. Turns are batched by length within a shard, so at another world size a turn
+    may share its batch with other turns and its score moves by float rounding (within 1e-5, tested; the
+    selection is unaffected unless two rows tie that closely): see :mod:`deita.distributed`. With
+    ``cache`` (a :class:`deita.cache.ContentCache`) the result is reused for the same data, model and
+    options, whatever world size computed it.
     """
     from deita.distributed import env_dist, map_sharded
     from deita.selection.scorers.deita_scorer import DeitaScorer, score_rows
