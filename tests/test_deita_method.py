@@ -95,3 +95,50 @@ def test_deita_top_k_without_diversity_and_nan_rows(shared_data, tmp_path, tiny_
     full, full_order = rank_and_cut(SELECTORS.get("deita")(_config(budget=-1, on_error="nan", tau=0.9999)), rows,
                                     make_ctx(rows))
     assert 3 not in full_order and len(full_order) + full.report["rejected_by_tau"] == len(rows) - 1
+
+
+def _reference_greedy(evol, emb, tau: float, budget: int) -> list[int]:
+    """The DEITA reference's Combined_Filter written out the slow way: pandas ``sort_values(ascending=False)``
+    on the evol score, then keep a row iff its cosine similarity to every kept row is <= tau."""
+    import pandas as pd
+
+    df = pd.DataFrame({"final_score": evol})
+    kept: list[int] = []
+    for i in df.sort_values("final_score", ascending=False).index:
+        if len(kept) >= budget:
+            break
+        if not kept or float(np.max(emb[kept] @ emb[i])) <= tau:
+            kept.append(int(i))
+    return kept
+
+
+def test_tie_break_reference_selects_the_ids_the_original_selects_on_duplicate_rows(shared_data, tmp_path,
+                                                                                      tiny_llama, tiny_mistral):
+    """A pool where every row appears several times: duplicates tie on the evol score and are at
+    similarity 1, so which copy the filter keeps is decided by the tie order alone."""
+    pytest.importorskip("pandas")
+    base = _alpaca_rows(shared_data, 6)
+    rng = np.random.default_rng(0)
+    copies = rng.permutation(np.repeat(np.arange(len(base)), 7))
+    rows = [{"id": f"dup-{j}", "messages": base[k]["messages"]} for j, k in enumerate(copies)]
+    _, make_ctx = _ctx(tmp_path, {"tiny:llama": tiny_llama, "tiny:mistral": tiny_mistral})
+    ref_cfg = _config(budget=4, tau=0.999, tie_break="reference")
+    res, order = rank_and_cut(SELECTORS.get("deita")(ref_cfg), rows, make_ctx(rows))
+    evol = np.asarray(res.table["evol_score"])
+    for k in range(len(base)):  # the premise: copies of a row tie exactly
+        assert len(set(evol[copies == k].tolist())) == 1
+    emb = SELECTORS.get("deita")(ref_cfg).embed(rows, make_ctx(rows))
+    ids = [rows[i]["id"] for i in order]
+    assert ids == [rows[i]["id"] for i in _reference_greedy(evol, emb, 0.999, 4)]
+    assert res.report["tie_break"] == "reference"
+    _, stable = rank_and_cut(SELECTORS.get("deita")(_config(budget=4, tau=0.999)), rows, make_ctx(rows))
+    assert [rows[i]["id"] for i in stable] != ids  # the default keeps the first copy of each row instead
+    assert all(i == min(np.flatnonzero(copies == copies[i])) for i in stable)
+
+
+def test_unknown_tie_break_names_the_key_before_any_scoring(tmp_path):
+    from deita.validate import ConfigError
+
+    cfg = _config(tie_break="pandas")
+    with pytest.raises(ConfigError, match="selection.tie_break.*'stable', 'reference'"):
+        SELECTORS.get("deita")(cfg).rank([], None, None)

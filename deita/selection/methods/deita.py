@@ -2,7 +2,8 @@
 
 Steps, each a small function: score every turn with the complexity and quality scorers (sharded,
 cached) → evol score Σ_t c_t·q_t per conversation → embed every conversation (sharded, cached) →
-order by the sort key (stable, descending, NaN excluded) → exact greedy filter that keeps a row iff its
+order by the sort key (descending, NaN excluded; ties by pool index, or as the reference's pandas sort
+with ``tie_break: reference``) → exact greedy filter that keeps a row iff its
 max cosine similarity to the rows already kept is ≤ ``tau``, until ``budget`` rows are kept.
 
 Table columns (one value per pool row): ``complexity_turns`` / ``quality_turns`` (per-turn scores, in
@@ -80,6 +81,10 @@ class DeitaSelectionConfig(SelectionConfig):
     sort_key: str = "evol"
     """Ranking column: 'evol' (Σ c·q, reference), 'complexity', 'quality' (per-turn sums) or any numeric
     column of the table. 'complexity' or 'quality' loads only that scorer."""
+    tie_break: str = "stable"
+    """Order of rows with equal sort keys: 'stable' = by pool index (reproducible everywhere); 'reference' =
+    as the original code's pandas ``sort_values(ascending=False)`` (numpy's unstable quicksort), so a pool
+    with duplicate scores selects the same ids as the original on the same machine and numpy version."""
     diversity: bool = True
     """Apply the greedy tau filter; false = plain top-``budget`` by ``sort_key``."""
     tau: float = 0.9
@@ -121,9 +126,17 @@ def combine_scores(cols: dict[str, list]) -> dict[str, list]:
     return out
 
 
+def check_tie_break(tie_break: str) -> None:
+    """Raise :class:`deita.validate.ConfigError` naming ``selection.tie_break`` unless it is a known order."""
+    from deita.selection.ranking import TIE_BREAKS
+    from deita.validate import require
+
+    require(tie_break in TIE_BREAKS, "selection.tie_break", f"must be one of {list(TIE_BREAKS)}, got {tie_break!r}")
+
+
 @SELECTORS.register("deita")
 class DeitaSelector(Selector):
-    """Score (complexity, quality) → evol → embed → stable order → exact greedy tau filter."""
+    """Score (complexity, quality) → evol → embed → order (``tie_break``) → exact greedy tau filter."""
 
     config_class = DeitaSelectionConfig
 
@@ -161,6 +174,7 @@ class DeitaSelector(Selector):
         from deita.selection.ranking import score_order
 
         cfg, timings = self.cfg, {}
+        check_tie_break(cfg.tie_break)
         t0 = time.perf_counter()
         table = self.score(rows, ctx)
         timings["score_s"] = time.perf_counter() - t0
@@ -168,9 +182,9 @@ class DeitaSelector(Selector):
         if column not in table:
             raise KeyError(f"selection.sort_key {cfg.sort_key!r}: no column {column!r}; have {sorted(table)}")
         keys = np.asarray(table[column], dtype=np.float64)
-        order = score_order(keys)
+        order = score_order(keys, tie_break=cfg.tie_break)
         nn_sim = [math.nan] * len(rows)
-        report = {"sort_key": column, "pool_rows": len(rows), "scored_rows": int(order.size),
+        report = {"sort_key": column, "tie_break": cfg.tie_break, "pool_rows": len(rows), "scored_rows": int(order.size),
                   "nan_rows": int(len(rows) - order.size)}
         shortfall = (f"{order.size} of {len(rows)} rows have a finite {column} ({len(rows) - order.size} could not be "
                      "scored, see score_error)")

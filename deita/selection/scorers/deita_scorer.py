@@ -83,7 +83,20 @@ class DeitaScorer:
         return encode_scorer_prompt(self.tokenizer, self.kind, instruction, output, self.max_length)
 
     def score_ids(self, seqs: list[list[int]]) -> list[float]:
-        """Expected digit score of each token sequence (batched, right padded, input order kept)."""
+        """Expected digit score of each token sequence (batched, right padded, input order kept).
+
+        Each distinct sequence is scored once and its score shared by every copy, so duplicate prompts tie
+        exactly, as under the reference's one-at-a-time scoring (scored in batches of different shapes,
+        copies would differ by float rounding, and ``tie_break: reference`` could not order them as the
+        reference does).
+        """
+        distinct: dict[tuple[int, ...], int] = {}
+        slot = [distinct.setdefault(tuple(s), len(distinct)) for s in seqs]
+        scores = self._score_distinct([list(s) for s in distinct])
+        return [scores[k] for k in slot]
+
+    def _score_distinct(self, seqs: list[list[int]]) -> list[float]:
+        """:meth:`score_ids` without the sharing of duplicates."""
         import torch
         from tqdm.auto import tqdm
 

@@ -10,8 +10,9 @@ from deita.selection.scorers.prompts import TEMPLATES
 
 log = logging.getLogger(__name__)
 
-SCORE_CACHE_VERSION = 1
-"""Bumped when the scoring code changes what it computes, so stale cache entries are not reused."""
+SCORE_CACHE_VERSION = 2
+"""Bumped when the scoring code changes what it computes, so stale cache entries are not reused (2: duplicate
+prompts share one score)."""
 
 
 def score_cache_key(kind: str, data_fingerprint: str, model_path: str, *, max_length: int, dtype: str,
