@@ -56,15 +56,24 @@ def run(cfg: DictConfig) -> None:
 
     A config error or a malformed data record ends the run with its message and exit status 2, no
     traceback: the message already names the key, or the file, record and field.
+    A run that stops this way before any stage wrote anything leaves no run dir behind; a run dir that
+    another live run holds (:mod:`deita.rundir`) stops the run at once, exit 2.
     """
     from deita.data.errors import DataError
+    from deita.distributed import env_dist
     from deita.hub import HubError
+    from deita.rundir import RunDirBusy, remove_if_unused
     from deita.validate import ConfigError
 
     try:
         _run(cfg)
+    except RunDirBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
+        if env_dist().rank == 0:
+            remove_if_unused(cfg.run_dir)
         sys.exit(2)
     except HubError as err:  # after the stages: their artifacts are safe, only the upload failed
         print(f"error: {err}", file=sys.stderr)
@@ -83,12 +92,22 @@ def _run(cfg: DictConfig) -> None:
     from deita import hub
 
     hub.preflight(cfg)  # a push that cannot work stops the run here, before any stage
-    if cfg.launch.num_processes > 1 and not under_launcher():
-        relaunch(cfg)
-        return
+    from deita.distributed import env_dist
+    from deita.rundir import run_lock
+
+    with run_lock(cfg.run_dir, rank=env_dist().rank):  # the launcher, or rank 0 under a launcher
+        if cfg.launch.num_processes > 1 and not under_launcher():
+            relaunch(cfg)
+            return
+        _run_stages(cfg)
+
+
+def _run_stages(cfg: DictConfig) -> None:
+    """Run the pipeline in this process (one rank of a launched job, or the only process), then push."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from deita import hub
     from deita.distributed import shutdown
     from deita.pipeline import run_pipeline
 

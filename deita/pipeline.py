@@ -118,6 +118,15 @@ def stage_inputs(cfg: DictConfig, stage: stages.Stage, upstream_manifests: dict[
     }
 
 
+def remove_if_empty(folder: Path) -> bool:
+    """Delete ``folder`` when it holds no file at any depth (a partial stage dir with nothing to resume
+    from); True when it did."""
+    if not folder.is_dir() or any(p.is_file() for p in folder.rglob("*")):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
+
+
 def _finalize(work: Path, final: Path) -> None:
     """Swap the finished work folder into place; the old artifact, if any, is removed afterwards."""
     old = None
@@ -175,7 +184,12 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
     barrier()
     ctx = StageContext(stage.name, work, run_dir, upstream_dirs, upstream_manifests, dist)
     started = time.time()
-    counts = stage.run(cfg, ctx) or {}
+    try:
+        counts = stage.run(cfg, ctx) or {}
+    except BaseException:
+        if dist.is_main and remove_if_empty(work):
+            log.info("stage %s failed before writing anything; removed %s", stage.name, work)
+        raise
     wall = time.time() - started
     barrier()
     manifest = {

@@ -36,6 +36,9 @@ def fake_stages(monkeypatch, tmp_path):
             if crash["stage"] == name:
                 (ctx.work_dir / "half.txt").write_text("half")
                 raise RuntimeError(f"{name} crashed")
+            if crash["stage"] == f"{name} at once":
+                (ctx.work_dir / "checkpoints").mkdir()  # a folder, but no file to resume from
+                raise RuntimeError(f"{name} crashed before writing")
             upstream = {k: (v / "out.txt").read_text() for k, v in ctx.upstream.items()}
             (ctx.work_dir / "out.txt").write_text(json.dumps({"name": name, "upstream": upstream}))
             return {"rows": 3}
@@ -118,6 +121,17 @@ def test_crash_leaves_no_finished_artifact_and_keeps_the_old_one(fake_stages, tm
     pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
     assert calls == ["sft", "dpo"]  # select finished before the crash and is reused
     assert not list(run_dir.glob(".sft.partial-*"))
+
+
+def test_a_stage_that_fails_before_writing_a_file_leaves_no_partial_dir(fake_stages, tmp_path):
+    _, crash = fake_stages
+    pool = tmp_path / "pool.json"
+    pool.write_text("[1]")
+    run_dir = tmp_path / "run"
+    crash["stage"] = "sft at once"
+    with pytest.raises(RuntimeError, match="before writing"):
+        pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["select"]  # no .sft.partial-* left
 
 
 def test_stage_without_its_upstream_is_an_error(fake_stages, tmp_path):

@@ -1,0 +1,112 @@
+"""Run directories: one run at a time (a lock naming its holder, stale locks taken over), and no debris
+from runs that stopped on a bad value or from stages that failed before writing anything. Real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT, run_train, shared_paths
+
+HOLD = ("import sys, time\nfrom deita.rundir import run_lock\n"
+        "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+def _hold(run_dir: Path) -> subprocess.Popen:
+    """A live process holding ``run_dir``'s lock (it prints 'held' once it does)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _args(tmp_path, shared_data, *extra):
+    return ["recipe=tiny", "stages=[select]", "logger=none", "selection.budget=4", *shared_paths(tmp_path, shared_data),
+            *extra]
+
+
+def _run_dir(tmp_path) -> Path:
+    return tmp_path / "runs" / "tiny" / "selection.budget=4"
+
+
+def test_a_second_run_fails_at_once_naming_the_holder_then_takes_over_a_dead_ones_lock(tmp_path, shared_data):
+    run_dir = _run_dir(tmp_path)
+    holder = _hold(run_dir)
+    try:
+        busy = run_train(_args(tmp_path, shared_data))
+        assert busy.returncode == 2, busy.stderr[-3000:]
+        assert f"is in use by PID {holder.pid}" in busy.stderr and "Traceback" not in busy.stderr
+        assert not (run_dir / "select").exists() and not list(run_dir.glob(".select.partial-*"))  # nothing ran
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies without releasing anything by hand
+        holder.wait()
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == holder.pid  # its stale lock file stays
+
+    after = run_train(_args(tmp_path, shared_data))
+    assert after.returncode == 0, after.stderr[-3000:]
+    log = after.stdout + after.stderr
+    assert f"took over the lock of PID {holder.pid}" in log and "no longer running" in log
+    assert (run_dir / "select" / "manifest.json").is_file()
+    assert not (run_dir / ".lock").exists()  # released at the end
+
+
+def test_a_relaunched_multi_process_run_holds_the_lock_once_and_its_ranks_do_not_wait_on_it(tmp_path, shared_data):
+    from tests.helpers import free_port
+
+    extra = ["launch.num_processes=2", f"launch.extra_args=[--main_process_port,{free_port()}]"]
+    run_dir = _run_dir(tmp_path)
+    holder = _hold(run_dir)
+    try:
+        started = time.monotonic()
+        busy = run_train(_args(tmp_path, shared_data, *extra), timeout=120)
+        assert busy.returncode == 2 and f"PID {holder.pid}" in busy.stderr, busy.stderr[-3000:]
+        assert "re-launching" not in busy.stdout + busy.stderr  # refused before starting any rank
+        assert time.monotonic() - started < 60
+    finally:
+        holder.kill()
+        holder.wait()
+    ok = run_train(_args(tmp_path, shared_data, *extra), timeout=300)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    manifest = json.loads((run_dir / "select" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and not (run_dir / ".lock").exists()
+
+
+def test_a_bad_command_line_value_leaves_no_run_dir(tmp_path, shared_data):
+    result = run_train(_args(tmp_path, shared_data, "dpo.beta=-1"))
+    assert result.returncode == 2 and "dpo.beta" in result.stderr, result.stderr[-3000:]
+    recipe_dir = tmp_path / "runs" / "tiny"
+    assert not recipe_dir.exists() or list(recipe_dir.iterdir()) == []
+
+
+def test_a_bad_value_does_not_remove_a_run_dir_with_finished_stages(tmp_path, shared_data):
+    ok = run_train(_args(tmp_path, shared_data))
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    run_dir = _run_dir(tmp_path)
+    again = run_train(_args(tmp_path, shared_data, "stages=[select,dpo]", "dpo.beta=-1"))
+    assert again.returncode == 2
+    assert (run_dir / "select" / "manifest.json").is_file()
+
+
+def test_lock_in_process_names_holder_and_is_reentrant_for_launched_children(tmp_path, monkeypatch):
+    import pytest
+
+    from deita.rundir import HELD_ENV, RunDirBusy, run_lock
+
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir):
+        assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()
+        assert os.environ[HELD_ENV] == str(run_dir.resolve())  # what a re-launch's ranks inherit
+        with run_lock(run_dir):  # a launched child (same env) does not take it again, nor wait
+            pass
+        monkeypatch.delenv(HELD_ENV)
+        with pytest.raises(RunDirBusy, match=f"in use by PID {os.getpid()}"):
+            with run_lock(run_dir):
+                pass
+        with run_lock(run_dir, rank=1):  # other ranks never take it
+            pass
+    assert not (run_dir / ".lock").exists()
