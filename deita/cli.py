@@ -1,4 +1,4 @@
-"""What ``train.py`` does with a composed config: validate, then plan, re-launch, or run the stages."""
+"""What ``deita`` (or ``train.py``) does with a composed config: validate, then plan, re-launch, or run the stages."""
 
 from __future__ import annotations
 
@@ -17,19 +17,45 @@ def under_launcher() -> bool:
     return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
 
 
+def default_accelerate_config() -> str | None:
+    """The file ``accelerate config`` wrote, if there is one: ``$HF_HOME/accelerate/default_config.yaml``
+    (HF_HOME defaults to ``$XDG_CACHE_HOME/huggingface``, XDG_CACHE_HOME to ``~/.cache``), read from the
+    environment now, by the rule ``accelerate launch`` applies when it is given no ``--config_file``."""
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.path.expanduser(os.environ.get("HF_HOME", os.path.join(cache, "huggingface")))
+    path = os.path.join(home, "accelerate", "default_config.yaml")
+    return path if os.path.isfile(path) else None
+
+
+def entry_args() -> list[str]:
+    """How each re-launched process starts this program: the script that is running (``train.py``), or
+    ``-m deita`` when it was started as the ``deita`` command or as ``python -m deita`` (running the
+    package's ``__main__.py`` as a script would put ``deita/`` first on sys.path, shadowing stdlib ``io``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    script = os.path.abspath(sys.argv[0])
+    if (spec is not None and spec.name == "deita.__main__") or not script.endswith(".py"):
+        return ["-m", "deita"]
+    return [script]
+
+
 def accelerate_command(cfg: DictConfig, overrides: list[str], run_dir: str) -> list[str]:
-    """The ``accelerate launch`` command that re-runs this job with ``cfg.launch.num_processes`` processes."""
+    """The ``accelerate launch`` command that re-runs this job with ``cfg.launch.num_processes`` processes.
+
+    The process layout comes from ``launch.accelerate_config``; unset, from the user's default accelerate
+    config file (:func:`default_accelerate_config`), named explicitly so the logged command shows it; with
+    neither, plain DDP flags (``--multi_gpu``; on CPU :func:`relaunch` adds ``ACCELERATE_USE_CPU=1``).
+    """
     launch = cfg.launch
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if launch.accelerate_config:
-        cmd += ["--config_file", str(launch.accelerate_config)]
+    config_file = launch.accelerate_config or default_accelerate_config()
+    if config_file:
+        cmd += ["--config_file", str(config_file)]
     else:
         cmd += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
     cmd += ["--num_processes", str(launch.num_processes), *map(str, launch.extra_args)]
-    script = os.path.abspath(sys.argv[0])
     # Quoted: run directories contain '=' (e.g. selection.budget=8), which Hydra's parser rejects bare.
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return cmd + [script, *overrides, f"hydra.run.dir={quoted}"]
+    return cmd + [*entry_args(), *overrides, f"hydra.run.dir={quoted}"]
 
 
 def relaunch(cfg: DictConfig) -> None:

@@ -169,7 +169,9 @@ class LaunchConfig:
     ``accelerate launch`` so a Hydra multirun stays one driver process that spawns one distributed job per
     sweep point. Ignored when already running under a launcher."""
     accelerate_config: Optional[str] = None
-    """Accelerate config file for that re-launch (e.g. launch/deepspeed_zero3.yaml); null uses flags."""
+    """Accelerate config file for that re-launch (e.g. launch/deepspeed_zero3.yaml); null uses your default
+    one (``$HF_HOME/accelerate/default_config.yaml``, written by ``accelerate config``) if it exists, else
+    DDP flags (``--multi_gpu``)."""
     extra_args: List[str] = field(default_factory=list)
     """More ``accelerate launch`` arguments, e.g. [--main_process_port, "29600"]."""
 
