@@ -39,12 +39,41 @@ class SourceStats:
     exact: bool
 
 
+def params_from_config(folder) -> float | None:
+    """Parameters (billions) of a decoder-only transformer, counted from a local folder's ``config.json``
+    (embeddings, attention with grouped KV heads, gated MLP, untied head); None when there is no such file
+    or it lacks the usual fields. Reads one small JSON file: no torch, no model."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        c = json.loads(path.read_text())
+        hidden, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+        inter = c.get("intermediate_size", 4 * hidden)
+        heads = c.get("num_attention_heads", 1)
+        kv = c.get("num_key_value_heads", heads)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    head_dim = c.get("head_dim") or hidden // heads
+    attention = hidden * heads * head_dim * 2 + hidden * kv * head_dim * 2
+    mlp = 3 * hidden * inter
+    embeddings = vocab * hidden * (1 if c.get("tie_word_embeddings", False) else 2)
+    return (layers * (attention + mlp) + embeddings) / 1e9
+
+
 def params_billions(ref: str, explicit: float | None = None) -> float:
-    """Parameter count of a model reference: explicit, else parsed from the name (``7b``, ``13B``, ``135m``)."""
+    """Parameter count of a model reference: explicit, else a known name, else counted from a local folder's
+    config.json, else parsed from the name (``7b``, ``13B``, ``135m``); NaN when none of these tells."""
     if explicit:
         return float(explicit)
     if str(ref) in KNOWN_PARAMS_B:
         return KNOWN_PARAMS_B[str(ref)]
+    counted = params_from_config(ref)
+    if counted is not None:
+        return counted
     ref = str(ref).lower()
     if ref.startswith("tiny:"):
         return 0.0002
@@ -151,10 +180,15 @@ def format_plan(cfg: DictConfig, plan: list[dict]) -> str:
     for e in plan:
         steps = e.get("optimizer_steps", "")
         notes = e["notes"] + (" (hub data: counts from approx_rows hints)" if e.get("exact_counts") is False else "")
-        lines.append(f"{e['stage']:<7} {e['rows']:>9,} {e['tokens']:>12,.0f} {steps!s:>7} "
-                     f"{e['gpu_hours']:>10.2f} {e['gpu_hours'] / opts.gpus:>8.2f}  {notes}")
-    total = sum(e["gpu_hours"] for e in plan)
+        hours, wall = (f"{e['gpu_hours']:.2f}", f"{e['gpu_hours'] / opts.gpus:.2f}") if e["gpu_hours"] == e["gpu_hours"] \
+            else ("?", "?")
+        lines.append(f"{e['stage']:<7} {e['rows']:>9,} {e['tokens']:>12,.0f} {steps!s:>7} {hours:>10} {wall:>8}  {notes}")
+    known = [e["gpu_hours"] for e in plan if e["gpu_hours"] == e["gpu_hours"]]
+    total = sum(known)
     lines += ["", f"total ≈ {total:.2f} GPU-hours ({total / opts.gpus:.2f} h wall on {opts.gpus} GPU(s))"]
+    if len(known) < len(plan):
+        lines.append("? = a model's size is unknown (no config.json, no size in its name): set model.params_billions "
+                     "for the policy; the total leaves those stages out")
     return "\n".join(lines)
 
 
