@@ -162,12 +162,12 @@ class PlanConfig:
 
 @dataclass
 class LaunchConfig:
-    """How ``train.py`` starts its processes when it is run with plain ``python``."""
+    """How ``deita`` (or ``train.py``) starts its processes when it is not under a launcher."""
 
     num_processes: int = 1
-    """Processes per job. Above 1, ``python train.py`` (and each ``-m`` sweep job) re-launches itself with
-    ``accelerate launch`` so a Hydra multirun stays one driver process that spawns one distributed job per
-    sweep point. Ignored when already running under a launcher."""
+    """Processes per job. Above 1, ``deita`` / ``python train.py`` (and each ``-m`` sweep job) re-launches
+    itself with ``accelerate launch`` so a Hydra multirun stays one driver process that spawns one
+    distributed job per sweep point. Ignored when already running under a launcher."""
     accelerate_config: Optional[str] = None
     """Accelerate config file for that re-launch (e.g. launch/deepspeed_zero3.yaml); null uses your default
     one (``$HF_HOME/accelerate/default_config.yaml``, written by ``accelerate config``) if it exists, else
