@@ -65,6 +65,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from deita.models.loading import pad_id_of
     from deita.models.resolve import resolve_model
     from deita.selection.nuggets import oracle, scoring
     from deita.selection.nuggets.golden import golden_scores
@@ -90,7 +91,7 @@ def main() -> None:
     anchors = [encode_anchor(tok, q, f, max_len) for q, f in anch]
     demos = [encode_demo(tok, f, args.mode) for _, f in cand]
     zp = zero_shot_prefix(tok, args.mode)
-    pad = scoring.pad_id_of(tok)
+    pad = pad_id_of(tok)
     n, m, k = len(demos), len(anchors), min(args.oracle_candidates, len(demos))
 
     def timed(fn):
@@ -173,6 +174,7 @@ def time_head(model, n_rows: int, reps: int) -> None:
     ``n_rows`` hidden states (32 rows of 128 scored tokens per batch, as a full anchor batch), interleaved."""
     import torch
 
+    from deita.models.forward import head_logprobs
     from deita.selection.nuggets import scoring
 
     hidden_size = model.get_output_embeddings().weight.shape[1]
@@ -185,7 +187,7 @@ def time_head(model, n_rows: int, reps: int) -> None:
 
     def f64():
         sums = torch.zeros(len(counts), dtype=torch.float64)
-        return sums.index_add_(0, rows, scoring.head_logprobs(model, hidden, targets))
+        return sums.index_add_(0, rows, head_logprobs(model, hidden, targets))
 
     def f32():
         return scoring.reference_row_sums(model, hidden, targets, counts)

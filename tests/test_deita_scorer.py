@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deita.selection.scorers import DeitaScorer, ScoringError, evol_score, score_rows
-from deita.selection.scorers.batching import length_sorted_batches, pad_batch
+from deita.models.batching import length_sorted_batches, pad_batch
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score, scores_from_logits
 from deita.selection.scorers.prompts import COMPLEXITY_TEMPLATE, QUALITY_TEMPLATE, field_spans, render_prompt
 from deita.selection.scorers.truncation import keep_counts

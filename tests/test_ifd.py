@@ -65,13 +65,15 @@ def test_batched_equals_unbatched_and_hand_logprobs(tiny):
 
     tok, model = tiny
     texts = ["Write a poem\nThe sun is good and the day is long", "List\nOne two", "Explain the data value please\n1 2 3"]
-    seqs = [(tok.encode(t), 3) for t in texts]
-    batched = P.token_logprobs(model, seqs, batch_size=3)
-    single = P.token_logprobs(model, seqs, batch_size=1)
-    for a, b, (ids, s) in zip(batched, single, seqs):
+    from deita.models.forward import token_logprobs
+
+    seqs = [P.scored_suffix(tok.encode(t), 3) for t in texts]
+    batched = token_logprobs(model, seqs, batch_size=3)
+    single = token_logprobs(model, seqs, batch_size=1)
+    for a, b, (ids, pos) in zip(batched, single, seqs):
         with torch.no_grad():
             ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
-        hand = [float(ref[j - 1, ids[j]]) for j in range(s, len(ids))]
+        hand = [float(ref[j - 1, ids[j]]) for j in pos]
         assert np.abs(a - b).max() < 1e-5 and np.abs(a - np.array(hand)).max() < 1e-5
 
 

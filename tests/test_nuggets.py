@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from deita.data.fields import row_fields
 from deita.selection.nuggets.golden import answer_span, golden_scores, select_candidates, win_matrix
-from deita.selection.nuggets.prompts import nuggets_texts, row_fields
+from deita.selection.nuggets.prompts import nuggets_texts
 
 
 def test_prompt_format_is_the_reference_template():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deita.distributed import DistInfo, map_sharded
+from deita.models.batching import fixed_groups
 
 GEN_BATCH_SIZE = 8
 """Prompts generated together (left-padded) in one ``model.generate`` call."""
@@ -27,31 +28,20 @@ def load_policy(model_dir: str | Path, model_cfg: Any = None):
 
     ``model_cfg`` is the ``model`` config node (dtype, trust_remote_code, attn_implementation) or None.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from deita.models.loading import ensure_pad_token, load_causal_lm
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"expected a saved model (config.json) in {model_dir}, found none")
-    dtype_name = getattr(model_cfg, "dtype", "float32") if model_cfg is not None else "float32"
+    dtype = getattr(model_cfg, "dtype", "float32") if model_cfg is not None else "float32"
     trust = bool(getattr(model_cfg, "trust_remote_code", False)) if model_cfg is not None else False
-    kwargs: dict[str, Any] = {"dtype": dtype_name if dtype_name == "auto" else getattr(torch, dtype_name),
-                              "trust_remote_code": trust}
     attn = getattr(model_cfg, "attn_implementation", None) if model_cfg is not None else None
-    if attn:
-        kwargs["attn_implementation"] = attn
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
+    tok, model = load_causal_lm(str(model_dir), dtype, "auto", trust, allow_auto_dtype=True,
+                                **({"attn_implementation": attn} if attn else {}))
     if not tok.chat_template:
         raise ValueError(f"the tokenizer in {model_dir} has no chat template; the eval stage renders prompts with it")
-    if tok.pad_token is None:
-        tok.pad_token = tok.unk_token or tok.eos_token
+    ensure_pad_token(tok)
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if torch.cuda.is_available():
-        from deita.distributed import env_dist
-
-        model.to(f"cuda:{env_dist().local_rank}")
-    model.eval()
     return model, tok
 
 
@@ -118,14 +108,6 @@ def answer_group(model, tok, rows: list[dict], *, max_new_tokens: int, temperatu
             histories[k].append({"role": "assistant", "content": text})
             answers[k].append(text)
     return answers
-
-
-def fixed_groups(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices sorted by length (longest first, ties in row order) and cut into groups of ``batch_size``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, found {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def answer_prompts(model, tok, rows: list[dict], *, max_new_tokens: int, temperature: float,

@@ -40,23 +40,6 @@ def pick_heldout(pool_rows: list[dict], selected: dict[str, bool], cap: int, see
     return [pool_rows[i] for i in held]
 
 
-def token_loss_sums(logits, labels):
-    """Per-row sum of next-token cross-entropy over positions whose label is not -100, and their count.
-
-    ``logits`` is ``[B, T, V]``, ``labels`` ``[B, T]`` aligned with the inputs (the shift happens here:
-    position ``t`` predicts label ``t + 1``). Returns two float64/int64 tensors of shape ``[B]``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                         ignore_index=IGNORE, reduction="none").view(shift_labels.shape)
-    mask = shift_labels != IGNORE
-    return (ce.double() * mask).sum(dim=1), mask.sum(dim=1).to(torch.int64)
-
-
 def encode_row(tok, messages: list[dict], max_length: int | None, where: str = "row") -> tuple[list[int], list[int]]:
     """Token ids of a chat-templated conversation and labels that keep only assistant tokens.
 
@@ -71,13 +54,6 @@ def encode_row(tok, messages: list[dict], max_length: int | None, where: str = "
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
 
 
-def _pad_right(seqs: list[list[int]], value: int):
-    import torch
-
-    width = max(len(s) for s in seqs)
-    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
-
-
 def heldout_loss(model, tok, rows: list[dict], *, max_length: int | None, dist: DistInfo | None = None,
                  batch_size: int = LOSS_BATCH_SIZE) -> dict:
     """Token-weighted mean assistant-token loss of ``model`` on ``rows`` and each row's own figures.
@@ -86,26 +62,23 @@ def heldout_loss(model, tok, rows: list[dict], *, max_length: int | None, dist: 
     its own token mean, None when truncation left it no assistant token). Rows are batched in fixed
     length-sorted groups before sharding, so any world size gives the same numbers.
     """
-    import torch
     from tqdm.auto import tqdm
 
-    from deita.evaluation.generate import fixed_groups
+    from deita.models.batching import fixed_groups
+    from deita.models.forward import token_logprobs
+    from deita.models.loading import pad_id_of
 
     dist = dist or DistInfo()
     encoded = [encode_row(tok, r["messages"], max_length, where=f"held-out row {r['id']!r}") for r in rows]
+    scored = [(ids, [t for t in range(1, len(ids)) if labels[t] != IGNORE]) for ids, labels in encoded]
     groups = fixed_groups([len(ids) for ids, _ in encoded], batch_size)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id_of(tok)
 
     def work(items: list[list[int]]) -> list[list[tuple[float, int]]]:
         done = []
         for idxs in tqdm(items, desc="eval: held-out loss", unit="batch", disable=not dist.is_main):
-            ids = _pad_right([encoded[i][0] for i in idxs], pad).to(model.device)
-            labels = _pad_right([encoded[i][1] for i in idxs], IGNORE).to(model.device)
-            attn = _pad_right([[1] * len(encoded[i][0]) for i in idxs], 0).to(model.device)
-            with torch.inference_mode():
-                logits = model(input_ids=ids, attention_mask=attn).logits
-            sums, counts = token_loss_sums(logits, labels)
-            done.append([(float(s), int(c)) for s, c in zip(sums.tolist(), counts.tolist())])
+            lps = token_logprobs(model, [scored[i] for i in idxs], batch_size=len(idxs), pad_id=pad)
+            done.append([(float(-lp.sum()), len(lp)) for lp in lps])
         return done
 
     per_group = map_sharded(groups, work, dist)

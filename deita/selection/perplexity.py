@@ -92,40 +92,7 @@ def ifd_sequences(tok, instruction: str, input: str, output: str, *, prompt: str
     return (cond, cond_start), (d_ids, d_start)
 
 
-def token_logprobs(model, seqs: Sequence[tuple[Sequence[int], int]], *, batch_size: int = 8,
-                   pad_id: int = 0, progress: bool = False) -> list[np.ndarray]:
-    """log p of ``ids[start:]`` for every ``(ids, start)`` (start >= 1), batched by length with right
-    padding (masked; a real token never sees a pad), output head only at scored positions."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from deita.selection.nuggets.scoring import head_logprobs
-
-    device = next(model.parameters()).device
-    decoder = getattr(model, model.base_model_prefix)
-    out: list[np.ndarray] = [np.zeros(0) for _ in seqs]
-    todo = [i for i, (ids, s) in enumerate(seqs) if 1 <= s < len(ids)]
-    todo.sort(key=lambda i: -len(seqs[i][0]))
-    for b in tqdm(range(0, len(todo), batch_size), desc="ifd forwards", disable=not progress):
-        idx = todo[b : b + batch_size]
-        width = max(len(seqs[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        rows, cols, tgts = [], [], []
-        for r, i in enumerate(idx):
-            seq, start = seqs[i]
-            ids[r, : len(seq)] = torch.tensor(list(seq))
-            mask[r, : len(seq)] = 1
-            rows += [r] * (len(seq) - start)
-            cols += list(range(start - 1, len(seq) - 1))
-            tgts += list(seq[start:])
-        with torch.no_grad():
-            h = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            lp = head_logprobs(model, h[torch.tensor(rows), torch.tensor(cols)], torch.tensor(tgts, device=device))
-        lp = lp.cpu().numpy()
-        pos = 0
-        for i in idx:
-            n = len(seqs[i][0]) - seqs[i][1]
-            out[i] = lp[pos : pos + n]
-            pos += n
-    return out
+def scored_suffix(ids: Sequence[int], start: int) -> tuple[list[int], range]:
+    """``(ids, positions)`` for :func:`deita.models.forward.token_logprobs`: every token from ``start`` on is
+    scored (none when ``start`` < 1, i.e. nothing precedes the first token)."""
+    return list(ids), (range(start, len(ids)) if start >= 1 else range(0))

@@ -78,13 +78,12 @@ def load_tokenizer(path: str, chat_template: str, trust_remote_code: bool = Fals
     from transformers import AutoTokenizer
 
     from deita.data.templates import apply_template
+    from deita.models.loading import ensure_pad_token
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if chat_template != "tokenizer":
         apply_template(tok, chat_template)
-    if tok.pad_token is None:
-        tok.pad_token = tok.unk_token or tok.eos_token
-    return tok
+    return ensure_pad_token(tok)
 
 
 def load_model(path: str, model_cfg: DictConfig, peft: DictConfig):
@@ -92,8 +91,9 @@ def load_model(path: str, model_cfg: DictConfig, peft: DictConfig):
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = model_cfg.dtype if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    from deita.models.loading import resolve_dtype
+
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(model_cfg.dtype, allow_auto=True), "trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if peft.load_in_4bit:

@@ -8,13 +8,9 @@ conversation tokenised with the tokenizer's default special tokens (BOS), trunca
 
 from __future__ import annotations
 
-from deita.models.loading import load_causal_lm
-from deita.selection.scorers.batching import (
-    final_hidden_states,
-    length_sorted_batches,
-    model_inputs,
-    pad_batch,
-)
+from deita.models.batching import length_sorted_batches, model_inputs, pad_batch
+from deita.models.forward import final_hidden_states
+from deita.models.loading import load_causal_lm, pad_id_of
 
 
 class ClmEmbedder:
@@ -29,9 +25,7 @@ class ClmEmbedder:
         self.max_length, self.batch_size, self.show_progress = int(max_length), int(batch_size), show_progress
         self.tokenizer, self.model = load_causal_lm(self.path, dtype, device, trust_remote_code)
         self.device = next(self.model.parameters()).device
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.unk_token_id
-        self.pad_id = pad if pad is not None else tok.eos_token_id
+        self.pad_id = pad_id_of(self.tokenizer)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text: default special tokens, right truncation at ``max_length``."""

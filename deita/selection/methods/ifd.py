@@ -67,10 +67,10 @@ def ifd_table(rows: list[dict], cfg, ctx) -> dict[str, list[float]]:
     """Per-row conditional and direct mean losses and IFD, sharded over processes and cached by content."""
     from deita.distributed import map_sharded
     from deita.fingerprint import model_identity
-    from deita.models.loading import load_causal_lm
+    from deita.data.fields import row_fields
+    from deita.models.forward import token_logprobs
+    from deita.models.loading import load_causal_lm, pad_id_of
     from deita.selection import perplexity as P
-    from deita.selection.nuggets.prompts import row_fields
-    from deita.selection.nuggets.scoring import pad_id_of
 
     path = ctx.model_resolver(cfg.model)
     key = {"data": ctx.data_fingerprint, "model": model_identity(path), "prompt": cfg.prompt,
@@ -83,10 +83,11 @@ def ifd_table(rows: list[dict], cfg, ctx) -> dict[str, list[float]]:
             seqs = []
             for i in part:
                 ins, inp, out = row_fields(rows[i], i)
-                seqs.extend(P.ifd_sequences(tok, ins, inp, out, prompt=cfg.prompt, max_length=cfg.max_length,
-                                            direct=cfg.direct))
-            lps = P.token_logprobs(model, seqs, batch_size=cfg.batch_size, pad_id=pad_id_of(tok),
-                                   progress=ctx.dist.is_main)
+                pair = P.ifd_sequences(tok, ins, inp, out, prompt=cfg.prompt, max_length=cfg.max_length,
+                                       direct=cfg.direct)
+                seqs.extend(P.scored_suffix(ids, start) for ids, start in pair)
+            lps = token_logprobs(model, seqs, batch_size=cfg.batch_size, pad_id=pad_id_of(tok),
+                                 progress=ctx.dist.is_main, desc="ifd forwards")
             return [[P.mean_nll(lps[2 * j]), P.mean_nll(lps[2 * j + 1])] for j in range(len(part))]
 
         losses = map_sharded(list(range(len(rows))), shard, ctx.dist)

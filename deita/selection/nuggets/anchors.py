@@ -85,8 +85,10 @@ def reference_embeddings(
     from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
 
+    from deita.models.loading import resolve_dtype
+
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+    model = AutoModel.from_pretrained(model_path, dtype=resolve_dtype(dtype)).eval()
     if device:
         model.to(device)
     added = tok.add_special_tokens({"pad_token": "[PAD]"})

@@ -76,6 +76,7 @@ def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
     from deita.data.sources import load_sources
     from deita.distributed import map_sharded
     from deita.fingerprint import hash_json, model_identity
+    from deita.models.loading import pad_id_of
     from deita.selection.nuggets import scoring
     from deita.selection.nuggets.golden import golden_scores
     from deita.selection.nuggets.prompts import row_texts
@@ -94,7 +95,7 @@ def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
         a_texts = [texts[i] for i in a_idx]
     tok, model = load_scoring_model(model_path, cfg)
     anchors = [encode_anchor(tok, q, f, cfg.anchor_max_length) for q, f in a_texts]
-    pad = scoring.pad_id_of(tok)
+    pad = pad_id_of(tok)
     key = {"data": ctx.data_fingerprint, "model": ident, **_scoring_key(cfg),
            "anchors": hash_json([list(a.body) + [a.start, a.end] for a in anchors])}
     zero = ctx.cache.array("nuggets_zero_shot", key, lambda: scoring.zero_shot_sums(

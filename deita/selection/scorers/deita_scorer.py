@@ -7,18 +7,13 @@ generated position's logits under greedy decoding, which applies no logits proce
 
 from __future__ import annotations
 
-from deita.models.loading import load_causal_lm
 import logging
 import math
 from dataclasses import dataclass, field
 
-from deita.selection.scorers.batching import (
-    final_hidden_states,
-    length_sorted_batches,
-    tokens_per_batch,
-    model_inputs,
-    pad_batch,
-)
+from deita.models.batching import length_sorted_batches, model_inputs, pad_batch, tokens_per_batch
+from deita.models.forward import final_hidden_states
+from deita.models.loading import load_causal_lm, pad_id_of
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score
 from deita.selection.scorers.truncation import PromptTooLongError, encode_scorer_prompt
 from deita.selection.scorers.turns import ConversationError, conversation_turns
@@ -74,8 +69,7 @@ class DeitaScorer:
         self.tokenizer, self.model = load_causal_lm(self.path, dtype, device, trust_remote_code)
         self.device = next(self.model.parameters()).device
         self.digit_ids = digit_token_ids(self.tokenizer)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.pad_id = pad_id_of(self.tokenizer)
         _check_generation_config(self.model, self.path)
 
     def encode(self, instruction: str, output: str = "") -> tuple[list[int], bool]:

@@ -1,4 +1,4 @@
-"""Length-sorted dynamic batches and padding that cannot change a row's result.
+"""Length-sorted batching and padding that cannot change a row's result (the LM layer's batching).
 
 Padding proof. Right padding: the pads come after every real token, so under the causal mask a real
 token attends only to earlier real tokens at positions 0..len-1, exactly as alone; no padding mask is
@@ -90,17 +90,10 @@ def model_inputs(side: str, input_ids, attention_mask, position_ids, device) -> 
     return inputs
 
 
-def final_hidden_states(model, input_ids, attention_mask=None, position_ids=None):
-    """Final-layer (post-norm) hidden states ``[B, T, H]`` from the base model of a causal LM.
-
-    Calls the base model (``model.<base_model_prefix>``) rather than asking the LM for every layer's
-    hidden states, so only the last layer is kept and no ``[B, T, vocab]`` logits are built.
-    """
-    base = getattr(model, model.base_model_prefix, None)
-    if base is None or base is model:
-        raise TypeError(f"{type(model).__name__} has no base model at .{model.base_model_prefix}")
-    out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    return out.last_hidden_state
-
-
-
+def fixed_groups(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Item indices sorted by length (longest first, ties in index order) and cut into groups of
+    ``batch_size`` (fixed-size groups, for work that is split across processes after grouping)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
