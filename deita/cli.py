@@ -51,7 +51,7 @@ def accelerate_command(cfg: DictConfig, overrides: list[str], run_dir: str) -> l
     if config_file:
         cmd += ["--config_file", str(config_file)]
     else:
-        cmd += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["--num_processes", str(launch.num_processes), *map(str, launch.extra_args)]
     # Quoted: run directories contain '=' (e.g. selection.budget=8), which Hydra's parser rejects bare.
     quoted = "'" + str(run_dir).replace("\\", "\\\\").replace("'", "\\'") + "'"

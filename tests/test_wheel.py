@@ -4,6 +4,7 @@ a folder outside the repository."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -125,3 +126,16 @@ def test_python_m_deita_and_accelerate_launch_m_deita(venv, elsewhere, shared_da
     launched = _run([python, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "-m", "deita",
                      "recipe=mistral_deita", "plan=true"], cwd=elsewhere, env=env)
     assert "Plan for recipe=mistral_deita" in launched.stdout
+
+
+def test_installed_command_relaunches_itself_as_python_m_deita(venv, elsewhere, shared_data):
+    from tests.helpers import free_port
+
+    pool = f"data.pool=[{{path: {shared_data}/instruct/llamafactory_alpaca_en_demo.json, limit: 24}}]"
+    args = ["recipe=tiny", "stages=[select]", "logger=none", "selection.budget=8", pool, "launch.num_processes=2",
+            f"launch.extra_args=[--main_process_port,{free_port()}]"]
+    run = _run([venv / "bin" / "deita", *args], cwd=elsewhere, env={**_env(), "OMP_NUM_THREADS": "1"})
+    assert " -m deita recipe=tiny " in run.stdout + run.stderr  # the processes start the installed package
+    (manifest,) = (elsewhere / "runs" / "tiny").glob("*/select/manifest.json")
+    record = json.loads(manifest.read_text())
+    assert record["world_size"] == 2 and record["selected_rows"] == 8
