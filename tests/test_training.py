@@ -345,6 +345,57 @@ def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, mon
     assert not list(run_dir.glob(".sft.partial-*")) and not (run_dir / "sft" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncate model.safetensors", "truncate trainer_state.json", "delete optimizer.pt"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, shared_data, monkeypatch, caplog, damage):
+    """Before: the newest checkpoint-N was taken as is and every retry crashed. Now the newest *complete*
+    one is used, the broken one is named in the log and removed, and training still ends at step 4."""
+    from transformers import TrainerCallback
+
+    from deita.pipeline import run_pipeline
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("killed after checkpoint-3")
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.started_at, self.steps = None, []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started_at = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    run_dir = tmp_path / "run"
+    _fake_select(run_dir, shared_data, 16)
+    cfg = _cfg(tmp_path, shared_data, "stages=[sft]", "sft.global_batch_size=4", "+sft.args.max_steps=4",
+               "+sft.args.save_steps=1", "sft.args.warmup_steps=0", "+sft.args.save_total_limit=3")
+    with monkeypatch.context() as m:
+        _with_callback(m, CrashAfterSave())
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(cfg, run_dir)
+    (partial,) = run_dir.glob(".sft.partial-*")
+    newest = partial / "checkpoints" / "checkpoint-3"
+    action, name = damage.split()
+    target = newest / name
+    if action == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    else:
+        target.unlink()
+
+    steps = Steps()
+    caplog.set_level("INFO", logger="deita.training")
+    _with_callback(monkeypatch, steps)
+    manifest = run_pipeline(cfg, run_dir)["sft"]
+    assert f"checkpoint {newest} is incomplete ({name}" in caplog.text or \
+        f"checkpoint {newest} is incomplete (optimizer state missing" in caplog.text
+    assert f"resuming from {partial / 'checkpoints' / 'checkpoint-2'}" in caplog.text
+    assert steps.started_at == 2 and steps.steps == [3, 4]
+    assert manifest["metrics"]["global_steps"] == 4
+
+
 # ---------------------------------------------------------------------------------------------------
 # 4. W&B: one offline run per stage, named <recipe>/<overrides>/<stage>, grouped by recipe
 # ---------------------------------------------------------------------------------------------------

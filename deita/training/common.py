@@ -117,17 +117,17 @@ def peft_config(peft: DictConfig):
                       task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets)
 
 
-def last_checkpoint(out_dir: Path, resume: bool) -> str | None:
-    """The newest ``checkpoint-N`` folder of an interrupted run, when resuming is on."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_checkpoint(out_dir: Path, resume: bool, *, is_main: bool = True) -> str | None:
+    """The newest complete ``checkpoint-N`` folder of an interrupted run, when resuming is on; incomplete
+    newer ones are skipped, said and removed (:mod:`deita.training.checkpoints`)."""
+    from deita.training.checkpoints import resumable_checkpoint
 
-    ckpt_dir = out_dir / "checkpoints"
-    if not resume or not ckpt_dir.is_dir():
+    if not resume:
         return None
-    found = get_last_checkpoint(str(ckpt_dir))
+    found = resumable_checkpoint(out_dir / "checkpoints", is_main=is_main)
     if found:
         log.info("resuming from %s", found)
-    return found
+    return str(found) if found else None
 
 
 def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -171,7 +171,7 @@ def stage_arguments(cfg: DictConfig, stage: str, ctx, *, eval_enabled: bool) -> 
 
 def fit(trainer, node: DictConfig, out_dir: Path, *, evaluate: bool) -> dict[str, float]:
     """Train (resuming from the last checkpoint of an interrupted run), then return the final metrics."""
-    trainer.train(resume_from_checkpoint=last_checkpoint(out_dir, node.resume))
+    trainer.train(resume_from_checkpoint=last_checkpoint(out_dir, node.resume, is_main=trainer.is_world_process_zero()))
     metrics = final_metrics(trainer)
     if evaluate:
         metrics.update({k: float(v) for k, v in trainer.evaluate().items() if k == "eval_loss"})
