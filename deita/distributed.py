@@ -1,16 +1,17 @@
-"""Process-group helpers: who am I, which rows are mine, and gathering results in a fixed order.
+"""Process-group helpers: who am I, which items are mine, sharing small decisions, gathering in order.
 
-Work is split into contiguous shards in rank order and gathered back in that order, so every item is
-computed once and lands where world size 1 puts it. The values are bitwise the world-size-1 values when
-an item's result does not depend on which other items share its shard (per-item work, or groups fixed
-before sharding, as Nuggets and IFD do). A pass that batches its shard by length does depend on it: a
-row meets other batch companions (padded width, matmul shapes) at each world size and float sums round
-differently. DEITA scores and embeddings therefore agree with world size 1 within rounding, not bitwise
-(measured: 3e-8 at world size 2 on tiny:llama; other batch companions move SmolLM2-135M fp32 scores by up
-to 5e-6). ``tests/test_sharded_scoring.py`` holds them to 1e-5 and proves batch composition is the only
-cause: each rank's values equal, bitwise, world size 1 run on that rank's shard alone. Making them bitwise equal needs one batch plan for the whole pool, i.e. every
-turn's token length on every rank before scoring; cutting the pool into world-size-independent chunks
-instead was measured and padded 15% more tokens on GPU-sized batches.
+Two ways to spread work over processes:
+
+* Pool passes (scores, embeddings, log-probs) go through the chunked store (:mod:`deita.store`): the
+  pool is cut into world-size-independent chunks of contiguous rows, each computed from its own rows
+  only, written to disk by the rank that computed it and read back from disk (arrays through memory
+  maps). Nothing large crosses the process group, and the values are bitwise the same at every world
+  size and after any resume (``tests/test_resume_scoring.py``). The price: rows are batched by length
+  within a chunk (1,024 rows by default) rather than within a whole shard.
+* Small per-item work (evaluation generations, held-out losses) uses :func:`map_sharded`: contiguous
+  shards in rank order, gathered back in that order with ``all_gather_object``, so every item lands where
+  world size 1 puts it. The values are bitwise the world-size-1 values when an item's result does not
+  depend on which other items share its shard.
 """
 
 from __future__ import annotations
@@ -104,6 +105,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_from_main(obj: Any) -> Any:
+    """The main process's ``obj`` on every rank (a small picklable value, e.g. a decision or a list of
+    chunk numbers); ``obj`` is ignored on the other ranks."""
+    dist = _active_group()
+    if dist is None or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_concat(part: list[Any]) -> list[Any]:
     """Concatenate every rank's list in rank order; every rank gets the whole list."""
     dist = _active_group()
@@ -112,8 +124,6 @@ def gather_concat(part: list[Any]) -> list[Any]:
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, list(part))
     return [x for p in parts for x in p]
-
-
 
 
 def map_sharded(items: list[Any], fn, dist_info: DistInfo | None = None) -> list[Any]:

@@ -29,6 +29,11 @@ class SelectionConfig:
     on_error: str = "raise"
     """What a row that cannot be scored does: 'raise' stops the run; 'nan' scores it NaN, counts and
     reports it, and keeps it out of the selection."""
+    chunk_rows: int = 1024
+    """Pool rows per chunk of the score, embedding and log-prob caches: each chunk is written as soon as
+    it is computed, so a killed run resumes from the chunks on disk, at any world size, with identical
+    results (deita/store.py). Smaller loses less work to a crash; larger batches by length over more rows.
+    A finished cache entry is reused whatever its chunk size."""
 
 
 @dataclass

@@ -29,8 +29,8 @@ float32 matmul can round a similarity within ~1e-6 of tau to the other side; suc
 reference are possible and are a documented, deliberate difference (we are deterministic instead).
 The float32 matmul is run at ``torch.set_float32_matmul_precision("highest")`` (no TF32 / bf16).
 
-Storage and memory. The embeddings are an (N, D) array-like: in memory, a torch tensor, or a ``np.memmap``
-of a ``.npy`` file; stored as float32, or float16 to halve the file (values are widened to float32 exactly,
+Storage and memory. The embeddings are an (N, D) array-like: in memory, a torch tensor, a ``np.memmap``
+of a ``.npy`` file, or row chunks of such files (:class:`deita.store.ChunkedRows`); stored as float32, or float16 to halve the file (values are widened to float32 exactly,
 so the filter is exact with respect to the stored float16 values, which may select differently from their
 float32 originals when a similarity is within ~1e-4 of tau). :func:`greedy_diverse` streams: it reads the
 candidates in score order one block at a time, so its memory is the kept set plus one block.
@@ -174,6 +174,45 @@ class _RowReader:
                 view, pos = view[got:], pos + got
 
 
+class _ChunkedReader:
+    """Reads pool rows, as float32, from a row-chunked matrix such as :class:`deita.store.ChunkedRows`: an
+    object with ``shape``, ``starts`` (each chunk's first row, then the row count) and ``part(i)`` (chunk
+    ``i`` as an array, e.g. a read-only memmap). One :class:`_RowReader` per chunk touched, at most
+    ``max_open`` files open at once."""
+
+    def __init__(self, emb: Any, max_open: int = 64):
+        self.emb, self.max_open = emb, max_open
+        self.starts = np.asarray(emb.starts, dtype=np.int64)
+        self.n, self.dim = int(self.starts[-1]), int(emb.shape[1])
+        self._open: dict[int, _RowReader] = {}  # insertion order: least recently used first
+
+    def __enter__(self) -> "_ChunkedReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for reader in self._open.values():
+            reader.__exit__(None, None, None)
+        self._open.clear()
+
+    def _reader(self, p: int) -> _RowReader:
+        reader = self._open.pop(p, None)
+        if reader is None:
+            if len(self._open) >= self.max_open:
+                self._open.pop(next(iter(self._open))).__exit__(None, None, None)
+            reader = _RowReader(self.emb.part(p)).__enter__()
+        self._open[p] = reader
+        return reader
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (pool indices) as a C-contiguous float32 (len(idx), D) matrix, in ``idx`` order."""
+        out = np.empty((idx.size, self.dim), dtype=np.float32)
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        for p in np.unique(part).tolist():
+            sel = np.flatnonzero(part == p)
+            out[sel] = self._reader(p).take(idx[sel] - self.starts[p])
+        return out
+
+
 def _exact_sim(a: np.ndarray, b: np.ndarray) -> float:
     """Exact dot product of two float32 vectors, correctly rounded to float64, clamped to [-1, 1]."""
     prod = a.astype(np.float64) * b.astype(np.float64)  # exact: 24+24 significand bits fit in 53
@@ -309,7 +348,8 @@ def greedy_diverse(
     Arguments as for the oracle; ``block_size`` candidates are processed per step, ``device`` is a torch
     device ("cpu", "cuda", "cuda:1"), ``progress`` shows a tqdm bar (pass True on rank 0 only).
 
-    Streaming: ``emb`` may be a ``np.memmap`` of a ``.npy`` file (``np.load(path, mmap_mode="r")``), in
+    Streaming: ``emb`` may be a ``np.memmap`` of a ``.npy`` file (``np.load(path, mmap_mode="r")``) or a
+    row-chunked store of such files (:class:`deita.store.ChunkedRows`, what the embedding cache returns), in
     float32 or float16 (computed in float32 from the stored values, exactly). Candidates are read in score
     order one block at a time (see :class:`_RowReader`: explicit file reads, so the map's pages never
     count as resident memory), so the memory is the kept set (``budget`` x D float32, preallocated; grown
@@ -331,7 +371,7 @@ def greedy_diverse(
     """
     import torch
 
-    reader = _RowReader(emb)
+    reader = _ChunkedReader(emb) if hasattr(emb, "starts") and hasattr(emb, "part") else _RowReader(emb)
     o = _check_inputs(reader.n, order, budget)
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size: expected an integer >= 1, found {block_size!r}")

@@ -104,6 +104,14 @@ def build_table(rows: list[dict], result: SelectionResult, selected: list[int]):
     return table
 
 
+def cache_report(stats: dict) -> dict:
+    """The manifest's ``cache`` entry: hits, misses, each chunked entry's chunks (total, resumed from an
+    unfinished run, computed now) and ``resumed_chunks``, their sum."""
+    chunks = stats.get("chunks", {})
+    return {"hits": stats["hits"], "misses": stats["misses"], "chunks": chunks,
+            "resumed_chunks": sum(c["resumed"] for c in chunks.values())}
+
+
 def run_select_stage(cfg: DictConfig, ctx) -> dict:
     """Run the configured selection method over the pool and write the stage's artifacts."""
     from deita.cache import ContentCache
@@ -119,7 +127,8 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     counts = {"pool_rows": len(rows), "rows_per_source": pool.rows_per_source, "skipped_records": pool.skipped}
     sel_cfg = cfg.selection
     selector = SELECTORS.get(sel_cfg.method)(sel_cfg)
-    cache = ContentCache(Path(cfg.paths.cache_dir) / "selection", is_writer=ctx.dist.is_main)
+    cache = ContentCache(Path(cfg.paths.cache_dir) / "selection", is_writer=ctx.dist.is_main,
+                         chunk_rows=int(sel_cfg.chunk_rows))
     sctx = SelectionContext(
         cache=cache,
         dist=ctx.dist,
@@ -132,7 +141,7 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     error, warning = shortfall_messages(cfg, result, order, len(rows))
     selected = [rows[i] for i in order]
     counts.update(budget=int(sel_cfg.budget), selected_rows=len(selected), warnings=[warning] if warning else [],
-                  cache={"hits": cache.stats["hits"], "misses": cache.stats["misses"]}, method_report=result.report)
+                  cache=cache_report(cache.stats), method_report=result.report)
     if ctx.dist.is_main:
         table = build_table(rows, result, order)
         table.to_parquet(ctx.work_dir / "scores.parquet", index=False)

@@ -1,4 +1,5 @@
-"""Embed a whole pool: rendered rows, sharded across processes, cached by content as float32 ``.npy``."""
+"""Embed a whole pool: rendered rows, in chunks shared out across processes, cached by content as float32
+``.npy`` chunks."""
 
 from __future__ import annotations
 
@@ -24,52 +25,55 @@ def embed_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
     """L2-normalised float32 ``[N, D]`` embeddings of every row, in pool order.
 
     A row that cannot be rendered raises (naming its id), or under ``on_error='nan'`` gets an all-zero
-    row (the caller keeps such rows out of the filter; their scores are NaN for the same reason). Each
-    process embeds its contiguous shard in length-sorted batches, so another world size can move a value
-    by float rounding (within 1e-5, tested; see :mod:`deita.distributed`).
+    row (the caller keeps such rows out of the filter; their scores are NaN for the same reason). The pool
+    is embedded in chunks of contiguous rows (:mod:`deita.store`), each batched by length on its own, so
+    the vectors are the same, bitwise, at every world size and after any resume. With ``cache`` the
+    result is a memory-mapped :class:`deita.store.ChunkedRows` (each rank writes its own chunks; none
+    receives another's vectors); without one, an in-memory array gathered over the process group.
     """
     import numpy as np
 
-    from deita.distributed import env_dist, map_sharded
+    from deita.distributed import env_dist
     from deita.selection.embedders import EMBEDDERS
     from deita.selection.embedders.render import render_rows
     from deita.selection.scorers.turns import ConversationError
+    from deita.store import DEFAULT_CHUNK_ROWS, compute_in_memory
 
     info = dist_info or env_dist()
+    loaded: list[Any] = []
 
-    def texts_of(part: list[dict]) -> list[str | None]:
-        out: list[str | None] = []
-        for row in part:
-            try:
-                out.append(render_rows([row], template)[0])
-            except ConversationError:
-                if on_error == "raise":
-                    raise
-                out.append(None)
+    def text_of(row: dict) -> str | None:
+        try:
+            return render_rows([row], template)[0]
+        except ConversationError:
+            if on_error == "raise":
+                raise
+            return None
+
+    def chunk(start: int, end: int):
+        texts = [text_of(row) for row in rows[start:end]]
+        if not loaded:  # load on the first chunk this rank computes (none when everything is cached)
+            options = dict(max_length=max_length, batch_size=batch_size, device=device,
+                           trust_remote_code=trust_remote_code, show_progress=False)
+            if kind != "sentence_transformers":
+                options.update(dtype=dtype, padding_side=padding_side)
+            loaded.append(EMBEDDERS.get(kind)(model_path, **options))
+        ok = [i for i, t in enumerate(texts) if t is not None]
+        out = np.zeros((len(texts), embedding_dim(loaded[0])), dtype=np.float32)
+        if ok:
+            out[ok] = loaded[0].embed_texts([texts[i] for i in ok])
         return out
 
-    def shard(part: list[dict]) -> list:
-        texts = texts_of(part)
-        ok = [i for i, t in enumerate(texts) if t is not None]
-        options = dict(max_length=max_length, batch_size=batch_size, device=device,
-                       trust_remote_code=trust_remote_code, show_progress=info.is_main)
-        if kind != "sentence_transformers":
-            options.update(dtype=dtype, padding_side=padding_side)
-        embedder = EMBEDDERS.get(kind)(model_path, **options)
-        vecs = embedder.embed_texts([texts[i] for i in ok]) if ok else None
-        dim = vecs.shape[1] if vecs is not None else 0
-        out = [None] * len(part)
-        for j, i in enumerate(ok):
-            out[i] = vecs[j]
-        return [v if v is not None else np.zeros(dim, dtype=np.float32) for v in out]
-
-    def compute():
-        parts = map_sharded(rows, shard, info)
-        dim = max((len(p) for p in parts), default=0)
-        return np.stack([p if len(p) == dim else np.zeros(dim, np.float32) for p in parts]).astype(np.float32)
-
     if cache is None:
-        return compute()
+        return compute_in_memory("array", len(rows), chunk, info, chunk_rows=DEFAULT_CHUNK_ROWS).astype(np.float32)
     key = embed_cache_key(kind, data_fingerprint, model_path, max_length=max_length, dtype=dtype, template=template,
                           on_error=on_error)
-    return cache.array("deita_embeddings", key, compute)
+    return cache.rows_array("deita_embeddings", key, len(rows), chunk, info, desc="embeddings")
+
+
+def embedding_dim(embedder: Any) -> int:
+    """Width of an embedder's vectors (a chunk whose rows all failed still gets zero rows of that width)."""
+    model = embedder.model
+    if hasattr(model, "get_sentence_embedding_dimension"):
+        return int(model.get_sentence_embedding_dimension())
+    return int(model.config.hidden_size)

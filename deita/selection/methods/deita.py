@@ -197,13 +197,12 @@ class DeitaSelector(Selector):
             emb = self.embed(rows, ctx)
             timings["embed_s"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            valid = np.flatnonzero(~np.isnan(keys))
-            local = np.empty(len(rows), dtype=np.int64)
-            local[valid] = np.arange(valid.size)
-            res = greedy_diverse(emb[valid], local[order], tau=cfg.tau, budget=-1 if limit is None else limit,
+            # the filter reads only the ordered rows (NaN-scored rows are not in ``order``), straight from the
+            # stored chunks: never the whole matrix
+            res = greedy_diverse(emb, order, tau=cfg.tau, budget=-1 if limit is None else limit,
                                  block_size=cfg.block_size, device=resolve_device(cfg.filter_device),
                                  progress=ctx.dist.is_main)
-            ranking = [int(valid[i]) for i in res.kept]
+            ranking = [int(i) for i in res.kept]
             for pos, i in enumerate(ranking):
                 nn_sim[i] = float(res.nn_sim[pos])
             timings["filter_s"] = time.perf_counter() - t2

@@ -64,8 +64,8 @@ class SuperfilterSelectionConfig(IfdSelectionConfig):
 
 
 def ifd_table(rows: list[dict], cfg, ctx) -> dict[str, list[float]]:
-    """Per-row conditional and direct mean losses and IFD, sharded over processes and cached by content."""
-    from deita.distributed import map_sharded
+    """Per-row conditional and direct mean losses and IFD: a chunked store (:mod:`deita.store`), chunks
+    shared out over processes, resumable, cached by content."""
     from deita.fingerprint import model_identity
     from deita.data.fields import row_fields
     from deita.models.forward import token_logprobs
@@ -75,25 +75,24 @@ def ifd_table(rows: list[dict], cfg, ctx) -> dict[str, list[float]]:
     path = ctx.model_resolver(cfg.model)
     key = {"data": ctx.data_fingerprint, "model": model_identity(path), "prompt": cfg.prompt,
            "max_length": cfg.max_length, "direct": cfg.direct, "dtype": cfg.dtype}
+    loaded: list = []
 
-    def compute():
-        tok, model = load_causal_lm(path, cfg.dtype, cfg.device, cfg.trust_remote_code)
+    def chunk(start: int, end: int) -> dict[str, list[float]]:
+        if not loaded:  # load on the first chunk this rank computes (none when everything is cached)
+            loaded.extend(load_causal_lm(path, cfg.dtype, cfg.device, cfg.trust_remote_code))
+        tok, model = loaded
+        seqs = []
+        for i in range(start, end):
+            ins, inp, out = row_fields(rows[i], i)
+            pair = P.ifd_sequences(tok, ins, inp, out, prompt=cfg.prompt, max_length=cfg.max_length,
+                                   direct=cfg.direct)
+            seqs.extend(P.scored_suffix(ids, first) for ids, first in pair)
+        lps = token_logprobs(model, seqs, batch_size=cfg.batch_size, pad_id=pad_id_of(tok), progress=False,
+                             desc="ifd forwards")
+        return {"loss_condition": [P.mean_nll(lps[2 * j]) for j in range(end - start)],
+                "loss_direct": [P.mean_nll(lps[2 * j + 1]) for j in range(end - start)]}
 
-        def shard(part: list[int]) -> list[list[float]]:
-            seqs = []
-            for i in part:
-                ins, inp, out = row_fields(rows[i], i)
-                pair = P.ifd_sequences(tok, ins, inp, out, prompt=cfg.prompt, max_length=cfg.max_length,
-                                       direct=cfg.direct)
-                seqs.extend(P.scored_suffix(ids, start) for ids, start in pair)
-            lps = token_logprobs(model, seqs, batch_size=cfg.batch_size, pad_id=pad_id_of(tok),
-                                 progress=ctx.dist.is_main, desc="ifd forwards")
-            return [[P.mean_nll(lps[2 * j]), P.mean_nll(lps[2 * j + 1])] for j in range(len(part))]
-
-        losses = map_sharded(list(range(len(rows))), shard, ctx.dist)
-        return {"loss_condition": [x[0] for x in losses], "loss_direct": [x[1] for x in losses]}
-
-    table = ctx.cache.table("ifd_losses", key, compute)
+    table = ctx.cache.rows_table("ifd_losses", key, len(rows), chunk, ctx.dist, desc="ifd losses")
     table["ifd"] = [P.ifd_score(c, d, cfg.ratio) for c, d in zip(table["loss_condition"], table["loss_direct"])]
     return table
 

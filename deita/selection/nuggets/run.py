@@ -1,8 +1,9 @@
 """Golden scores of a pool: anchors, token ids, zero-shot once, sharded one-shot pass, content cache.
 
 Called by :class:`deita.selection.methods.nuggets.NuggetsSelector`; kept apart so the method module
-stays import-light. Every rank runs the same code; candidates are sharded with
-:func:`deita.distributed.map_sharded`, so world sizes 1 and 2 give identical scores.
+stays import-light. Every rank runs the same code; the anchor embeddings and the one-shot log-prob sums
+are chunked stores (:mod:`deita.store`): chunks of candidates shared out among the ranks, each written
+when done, so world sizes 1 and 2 give identical scores and a killed run resumes from its chunks.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ def load_scoring_model(path: str, cfg):
 
 def anchor_indices(rows: list[dict], texts: list[tuple[str, str]], cfg, ctx, model_path: str) -> list[int]:
     """Pool indices of the anchors for ``anchors.method`` kmeans or random."""
-    from deita.distributed import map_sharded
     from deita.fingerprint import model_identity
     from deita.selection.nuggets import anchors as A
 
@@ -54,27 +54,27 @@ def anchor_indices(rows: list[dict], texts: list[tuple[str, str]], cfg, ctx, mod
     key = {"data": ctx.data_fingerprint, "embedder": a.embedder, "model": model_identity(emb_path),
            "max_length": a.embed_max_length, "text": "nuggets_full"}
 
-    def compute():
+    loaded: list = []
+
+    def chunk(start: int, end: int):
         if a.embedder == "reference":
-            fn = lambda part: list(A.reference_embeddings(  # noqa: E731
-                emb_path, part, max_length=a.embed_max_length, batch_size=a.embed_batch_size,
-                progress=ctx.dist.is_main))
-        else:
+            return A.reference_embeddings(emb_path, fulls[start:end], max_length=a.embed_max_length,
+                                          batch_size=a.embed_batch_size, progress=False)
+        if not loaded:
             from deita.selection.embedders import EMBEDDERS
 
-            emb = EMBEDDERS.get(a.embedder)(emb_path, max_length=a.embed_max_length)
-            fn = lambda part: list(emb.embed_texts(list(part)))  # noqa: E731
-        return np.stack(map_sharded(fulls, fn, ctx.dist))
+            loaded.append(EMBEDDERS.get(a.embedder)(emb_path, max_length=a.embed_max_length, show_progress=False))
+        return loaded[0].embed_texts(fulls[start:end])
 
-    emb = ctx.cache.array("nuggets_anchor_embeddings", key, compute)
-    return A.kmeans_anchor_indices(emb, a.k, a.seed, kmeans=a.kmeans, unique=cfg.mode == "clean")
+    emb = ctx.cache.rows_array("nuggets_anchor_embeddings", key, len(rows), chunk, ctx.dist,
+                               desc="nuggets anchor embeddings")
+    return A.kmeans_anchor_indices(np.asarray(emb), a.k, a.seed, kmeans=a.kmeans, unique=cfg.mode == "clean")
 
 
 def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
     """Score every pool row. Returns ``golden_score [N]``, ``zero [M]``, ``one [N, M]``, the anchor
     descriptions and, for pool anchors, their pool indices."""
     from deita.data.sources import load_sources
-    from deita.distributed import map_sharded
     from deita.fingerprint import hash_json, model_identity
     from deita.models.loading import pad_id_of
     from deita.selection.nuggets import scoring
@@ -102,14 +102,14 @@ def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
         model, anchors, zero_shot_prefix(tok, cfg.mode), batch_size=cfg.zero_shot_batch_size, pad_id=pad,
         accumulate=accumulation(cfg)))
 
-    def shard(indices: list[int]) -> list[list[float]]:
-        demos = [encode_demo(tok, texts[i][1], cfg.mode) for i in indices]
+    def chunk(start: int, end: int) -> np.ndarray:
+        demos = [encode_demo(tok, texts[i][1], cfg.mode) for i in range(start, end)]
         sums = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=cfg.anchor_batch_size,
                                      candidate_batch_size=cfg.candidate_batch_size, pad_id=pad,
-                                     progress=ctx.dist.is_main, accumulate=accumulation(cfg))
-        return sums.tolist()
+                                     progress=False, accumulate=accumulation(cfg))
+        return np.asarray(sums).reshape(end - start, len(anchors))
 
-    one = ctx.cache.array("nuggets_one_shot", key,
-                          lambda: np.asarray(map_sharded(list(range(len(rows))), shard, ctx.dist)).reshape(len(rows), len(anchors)))
+    one = np.asarray(ctx.cache.rows_array("nuggets_one_shot", key, len(rows), chunk, ctx.dist,
+                                          desc="nuggets one-shot")).reshape(len(rows), len(anchors))
     return {"golden_score": golden_scores(zero, one), "zero": zero, "one": one, "anchor_index": a_idx,
             "anchor_scored_tokens": [a.n_scored for a in anchors]}

@@ -1,4 +1,4 @@
-"""Score a whole pool with one DEITA scorer: sharded across processes, cached by content."""
+"""Score a whole pool with one DEITA scorer: in chunks shared out across processes, cached by content."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def score_cache_key(kind: str, data_fingerprint: str, model_path: str, *, max_le
                     on_error: str) -> dict:
     """What determines a pool's scores: data, prompt template, model identity, max_length, dtype, policy.
 
-    Batch size and device are left out: batching cannot change a score beyond 1e-5 (tested).
+    Batch size, chunk size and device are left out: batching cannot change a score beyond 1e-5 (tested).
     """
     from deita.fingerprint import hash_json, model_identity
 
@@ -41,37 +41,39 @@ def score_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
                trust_remote_code: bool = False) -> dict[str, list]:
     """Columns ``<kind>_turns``, ``<kind>_truncated``, ``<kind>_error`` for every row, in pool order.
 
-    Each process scores its contiguous shard (:func:`deita.distributed.map_sharded`) and the shards are
-    gathered in rank order. Turns are batched by length within a shard, so at another world size a turn
-    may share its batch with other turns and its score moves by float rounding (within 1e-5, tested; the
-    selection is unaffected unless two rows tie that closely): see :mod:`deita.distributed`. With
-    ``cache`` (a :class:`deita.cache.ContentCache`) the result is reused for the same data, model and
-    options, whatever world size computed it.
+    The pool is scored in chunks of contiguous rows (:mod:`deita.store`), each chunk batched by length
+    on its own, so a row's score depends on its chunk alone: the same, bitwise, at every world size and
+    after any resume. With ``cache`` (a :class:`deita.cache.ContentCache`) each chunk is written as soon
+    as it is scored, a killed run resumes from the chunks on disk, and the result is reused for the same
+    data, model and options. Without one the chunks are gathered over the process group.
     """
-    from deita.distributed import env_dist, map_sharded
+    from deita.distributed import env_dist
     from deita.selection.scorers.deita_scorer import DeitaScorer, score_rows
+    from deita.store import DEFAULT_CHUNK_ROWS, compute_in_memory
 
     info = dist_info or env_dist()
+    if not rows:
+        return {f"{kind}_turns": [], f"{kind}_truncated": [], f"{kind}_error": []}
+    loaded: list[DeitaScorer] = []
+    started = time.perf_counter()
 
-    def shard(part: list[dict]) -> list[tuple]:
-        scorer = DeitaScorer(kind, model_path, dtype=dtype, device=device, max_length=max_length,
-                             max_tokens_per_batch=max_tokens_per_batch, trust_remote_code=trust_remote_code,
-                             show_progress=info.is_main)
-        cols = score_rows(part, scorer, on_error)
-        del scorer
-        return list(zip(cols[f"{kind}_turns"], cols[f"{kind}_truncated"], cols[f"{kind}_error"]))
-
-    def compute() -> dict[str, list]:
-        start = time.perf_counter()
-        out = map_sharded(rows, shard, info)
-        if info.is_main:
-            log.info("%s scores for %d rows in %.1fs (world size %d)", kind, len(rows), time.perf_counter() - start,
-                     info.world_size)
-        return {f"{kind}_turns": [list(map(float, o[0])) for o in out],
-                f"{kind}_truncated": [int(o[1]) for o in out],
-                f"{kind}_error": [str(o[2]) for o in out]}
+    def chunk(start: int, end: int) -> dict[str, list]:
+        if not loaded:  # load on the first chunk this rank computes (none when everything is cached)
+            loaded.append(DeitaScorer(kind, model_path, dtype=dtype, device=device, max_length=max_length,
+                                      max_tokens_per_batch=max_tokens_per_batch,
+                                      trust_remote_code=trust_remote_code, show_progress=False))
+        cols = score_rows(rows[start:end], loaded[0], on_error)
+        return {f"{kind}_turns": [list(map(float, t)) for t in cols[f"{kind}_turns"]],
+                f"{kind}_truncated": [int(c) for c in cols[f"{kind}_truncated"]],
+                f"{kind}_error": [str(e) for e in cols[f"{kind}_error"]]}
 
     if cache is None:
-        return compute()
-    key = score_cache_key(kind, data_fingerprint, model_path, max_length=max_length, dtype=dtype, on_error=on_error)
-    return cache.table(f"deita_{kind}_scores", key, compute)
+        out = compute_in_memory("table", len(rows), chunk, info, chunk_rows=DEFAULT_CHUNK_ROWS)
+    else:
+        key = score_cache_key(kind, data_fingerprint, model_path, max_length=max_length, dtype=dtype,
+                              on_error=on_error)
+        out = cache.rows_table(f"deita_{kind}_scores", key, len(rows), chunk, info, desc=f"{kind} scores")
+    if loaded and info.is_main:
+        log.info("%s scores for %d rows in %.1fs (world size %d)", kind, len(rows), time.perf_counter() - started,
+                 info.world_size)
+    return out
