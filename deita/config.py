@@ -97,7 +97,8 @@ class TrainConfig:
     """What every training stage's node (``sft``, ``dpo``, ``orpo``, ...) has."""
 
     chat_template: str = "tokenizer"
-    """Chat template: vicuna_v1.1, chatml, zephyr, or tokenizer (keep the tokenizer's own)."""
+    """Chat template: alpaca (stanford_alpaca prompt; rows with an Alpaca input get its ### Input: block), vicuna_v1.1,
+    chatml, zephyr, or tokenizer (keep the tokenizer's own)."""
     global_batch_size: int = 8
     """Sequences per optimizer step, held constant across process counts: gradient accumulation =
     global_batch_size / (world_size × per_device_batch_size), which must divide evenly."""

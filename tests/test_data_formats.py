@@ -95,6 +95,8 @@ def test_spot_alpaca_with_input(shared_data):
             {"role": "user", "content": "What are the distinct values from the given list?\n\ndataList = [3, 9, 3, 5, 7, 9, 5]"},
             {"role": "assistant", "content": "The distinct values from the given list are 3, 5, 7 and 9."},
         ],
+        "instruction": "What are the distinct values from the given list?",
+        "input": "dataList = [3, 9, 3, 5, 7, 9, 5]",
     }
 
 
@@ -108,6 +110,10 @@ def test_spot_alpaca_response_key(shared_data):
              "search(query)\nTell me a joke"},
             {"role": "assistant", "content": "Here's a joke: search('tell me a joke')"},
         ],
+        "instruction": "toolformer: enabled\ntoolformer access: search\nA search engine. Useful for when you need to "
+                       "answer questions about current events. Input should be a search query.\nsearch(query)\n"
+                       "Tell me a joke",
+        "input": "",
     }
 
 
@@ -116,6 +122,7 @@ def test_spot_self_instruct(shared_data):
     assert row == {
         "id": "user_oriented_task_125:0",
         "messages": [{"role": "user", "content": "What sound does this make?\n\n好"}, {"role": "assistant", "content": "hǎo"}],
+        "instruction": "What sound does this make?", "input": "好",
     }
 
 
@@ -249,7 +256,8 @@ def test_alpaca_eval_prompts_and_forcing(tmp_path):
         "alpaca_eval", {"id": "x:0", "turns": ["Name 3 colors."], "category": "helpful_base"})
     # the same record read as SFT data is Alpaca
     assert _one(rec, kind="sft", tmp_path=tmp_path) == ("alpaca", {
-        "id": "x:0", "messages": [{"role": "user", "content": "Name 3 colors."}, {"role": "assistant", "content": "red"}]})
+        "id": "x:0", "messages": [{"role": "user", "content": "Name 3 colors."}, {"role": "assistant", "content": "red"}],
+        "instruction": "Name 3 colors.", "input": ""})
     assert _one({"instruction": "hi"}, fmt="alpaca_eval", tmp_path=tmp_path)[1] == {"id": "x:0", "turns": ["hi"], "category": None}
 
 
@@ -259,6 +267,35 @@ def test_alpaca_input_system_history_and_blank_input(tmp_path):
         {"role": "system", "content": "sys"}, {"role": "user", "content": "u0"}, {"role": "assistant", "content": "a0"},
         {"role": "user", "content": "Translate"}, {"role": "assistant", "content": "ok"}]
     assert _one({"instruction": "I", "input": "x", "output": "o"}, tmp_path=tmp_path)[1]["messages"][0]["content"] == "I\n\nx"
+
+
+def test_alpaca_rows_keep_the_instruction_input_split_of_their_first_user_turn(tmp_path):
+    """The split travels verbatim next to unchanged messages; a row whose first user turn is a history
+    turn carries none; a canonical row written out and read back as ``openai`` keeps it."""
+    from deita.data.formats import instruction_split
+    from deita.data.loading import write_jsonl
+
+    with_input = _one({"instruction": " Sum ", "input": "2, 3\n", "output": "5", "system": "S"}, tmp_path=tmp_path)[1]
+    assert with_input["messages"][1] == {"role": "user", "content": " Sum \n\n2, 3\n"}
+    assert instruction_split(with_input) == (" Sum ", "2, 3\n")
+    blank = _one({"instruction": "Sum", "input": "  ", "output": "5"}, tmp_path=tmp_path)[1]
+    assert blank["messages"][0]["content"] == "Sum" and instruction_split(blank) == ("Sum", "  ")
+    assert instruction_split(_one({"instruction": "Sum", "input": None, "output": "5"}, tmp_path=tmp_path)[1]) == ("Sum", "")
+    history = _one({"instruction": "Sum", "input": "2", "output": "5", "history": [["u", "a"]]}, tmp_path=tmp_path)[1]
+    assert instruction_split(history) is None and set(history) == {"id", "messages"}
+    sharegpt = _one({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, tmp_path=tmp_path)[1]
+    assert instruction_split(sharegpt) is None
+    rows = [with_input, {**blank, "id": "x:1"}]
+    res = load_rows(str(write_jsonl(rows, tmp_path / "canonical.jsonl")))
+    assert res.format == "openai" and res.rows == rows
+
+
+def test_a_messages_row_whose_split_is_not_its_first_user_turn_is_an_error(tmp_path):
+    rec = {"messages": [{"role": "user", "content": "Sum\n\n2"}, {"role": "assistant", "content": "5"}],
+           "instruction": "Sum", "input": "3"}
+    with pytest.raises(DataError, match="'instruction' and 'input' that make up the first user turn"):
+        normalise_record(rec, "openai", "f:0")
+    assert normalise_record({**rec, "input": "2"}, "openai", "f:0")[0]["input"] == "2"
 
 
 def test_sharegpt_accepts_user_assistant_and_a_trailing_user_turn(tmp_path):
@@ -292,7 +329,8 @@ def test_detection_and_registry():
     with pytest.raises(DataError, match=r"^expected the keys of a known sft format \(sharegpt: .*; alpaca: .*\), found an object with keys \['chosen', 'rejected'\]$"):
         detect_format(cases["hh"], "sft")
     assert normalise_record({"instruction": "i", "output": "o"}, "alpaca", "f:3") == [
-        {"id": "f:3", "messages": [{"role": "user", "content": "i"}, {"role": "assistant", "content": "o"}]}]
+        {"id": "f:3", "messages": [{"role": "user", "content": "i"}, {"role": "assistant", "content": "o"}],
+         "instruction": "i", "input": ""}]
 
 
 def test_mixed_file_and_kind_fixed_by_first_record(tmp_path):

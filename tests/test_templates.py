@@ -289,10 +289,74 @@ def test_sft_labels_mistral_vicuna_left_padding(tiny_mistral, tmp_path):
         _check_row(tok, "vicuna_v1.1", ROWS[oracle.index(ids)], ids, labels)
 
 
-def test_alpaca_template_renders_the_stanford_alpaca_prompt():
-    from deita.data.templates import render_text
+#: stanford_alpaca train.py's PROMPT_DICT, written out: a training example is source + output + eos.
+ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                       "context. Write a response that appropriately completes the request.\n\n"
+                       "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
+ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+                          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+ALPACA_RECORDS = [
+    {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"},
+    {"instruction": "Name a colour.", "input": "", "output": "Red."},
+    {"instruction": "Say hi.", "output": "Hi!"},
+]
 
+
+def _stanford_alpaca_text(record: dict) -> str:
+    prompt = ALPACA_PROMPT_INPUT if record.get("input", "") != "" else ALPACA_PROMPT_NO_INPUT
+    return prompt.format_map(record) + record["output"] + EOS
+
+
+def _alpaca_rows(tmp_path):
+    import json
+
+    from deita.data.loading import load_rows
+
+    (tmp_path / "alpaca.json").write_text(json.dumps(ALPACA_RECORDS))
+    return load_rows(str(tmp_path / "alpaca.json")).rows
+
+
+def test_alpaca_template_renders_the_stanford_alpaca_prompt(tmp_path):
+    """Rows read from Alpaca records render byte for byte as stanford_alpaca's training text, the
+    ``### Input:`` prompt for the row with an input; a row without the split (ShareGPT, messages) uses its
+    first user turn as the instruction."""
+    from deita.data.templates import template_kwargs
+
+    for record, row in zip(ALPACA_RECORDS, _alpaca_rows(tmp_path)):
+        text = render_text(row["messages"], "alpaca", bos_token="<s>", eos_token=EOS, **template_kwargs(row))
+        assert text == "<s>" + _stanford_alpaca_text(record)
+    assert "### Input:\n2, 3\n\n### Response:5</s>" in render_text(
+        _alpaca_rows(tmp_path)[0]["messages"], "alpaca", **template_kwargs(_alpaca_rows(tmp_path)[0]))
     text = render_text([{"role": "user", "content": "Add 2 and 3"}, {"role": "assistant", "content": "5"}],
-                       "alpaca", bos_token="<s>", eos_token="</s>")
-    assert text == ("<s>Below is an instruction that describes a task. Write a response that appropriately "
-                    "completes the request.\n\n### Instruction:\nAdd 2 and 3\n\n### Response:\n5</s>\n\n")
+                       "alpaca", bos_token="<s>", eos_token=EOS)
+    assert text == "<s>" + ALPACA_PROMPT_NO_INPUT.format(instruction="Add 2 and 3") + "5</s>"
+    joined = render_text(_alpaca_rows(tmp_path)[0]["messages"], "alpaca")  # the split dropped: today's fallback
+    assert joined == ALPACA_PROMPT_NO_INPUT.format(instruction="Add the numbers.\n\n2, 3") + "5</s>"
+
+
+def test_alpaca_split_reaches_the_template_through_trls_sft_data_path(tiny_llama, tmp_path):
+    """messages_dataset (the sft stage's) → a real SFTTrainer: each sequence is the tokenized stanford_alpaca
+    text and only the output + eos carry labels."""
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from deita.stages.sft import messages_dataset
+
+    rows = _alpaca_rows(tmp_path) + [{"id": "plain", "messages": [{"role": "user", "content": "Q"},
+                                                                   {"role": "assistant", "content": "A"}]}]
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    apply_template(tok, "alpaca")
+    args = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", save_strategy="no",
+                     max_steps=1, max_length=256, assistant_only_loss=True, per_device_train_batch_size=4,
+                     disable_tqdm=True, seed=0, bf16=False)
+    trainer = SFTTrainer(model=str(tiny_llama), args=args, train_dataset=messages_dataset(rows),
+                         processing_class=tok)
+    got = _segments(list(trainer.get_train_dataloader()), "none", tok.pad_token_id)
+    records = ALPACA_RECORDS + [{"instruction": "Q", "output": "A"}]
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    want = {tuple(bos + tok.encode(_stanford_alpaca_text(r), add_special_tokens=False)): r for r in records}
+    assert sorted(tuple(ids) for ids, _ in got) == sorted(want)
+    for ids, labels in got:
+        runs = [tok.decode(r, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                for r in _labelled_runs(ids, labels)]
+        assert runs == [want[tuple(ids)]["output"] + EOS]

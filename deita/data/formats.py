@@ -7,6 +7,13 @@ Three kinds of canonical row:
   at least one assistant turn (a row with nothing to train on is an error). A conversation may end on
   a user turn: selection scores that turn with an empty response, as DEITA does, and SFT trains
   without it (:func:`trainable_messages`).
+  Rows read from Alpaca-style records (``alpaca``, ``self_instruct``; ``openai`` rows that already carry
+  them) also carry ``"instruction": str, "input": str``: the original split of their FIRST user turn,
+  verbatim (``input`` is ``""`` when absent or null). ``messages`` stays as it is (the user content joins
+  the two, see :func:`_user_text`); the split lets the methods whose reference prompt keeps instruction
+  and input apart (Nuggets, IFD, Superfiltering, the ``alpaca`` SFT template) rebuild that prompt
+  exactly (:func:`instruction_split`). A LLaMA-Factory row with ``history`` carries no split: its first
+  user turn is a history turn.
 * ``preference``: ``{"id", "prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}``. The prompt is a
   valid conversation ending on a user turn that has text; chosen/rejected are the reply that continues
   it (starting and ending with an assistant turn, usually one message), and they differ.
@@ -146,6 +153,25 @@ def _user_text(instruction: str, inp: str) -> str:
     has any non-whitespace character. This keeps both parts verbatim without imposing a prompt
     template (chat templates are applied later by the tokenizer)."""
     return instruction + "\n\n" + inp if inp.strip() else instruction
+
+
+SPLIT_KEYS = ("instruction", "input")
+"""The keys of a canonical sft row that hold the instruction/input split of its first user turn."""
+
+
+def _with_split(row: dict, instruction: str, inp: str) -> dict:
+    """``row`` with the Alpaca split of its first user turn (see the module doc)."""
+    return {**row, "instruction": instruction, "input": inp}
+
+
+def instruction_split(row: dict) -> tuple[str, str] | None:
+    """``(instruction, input)`` of a canonical row's first user turn as its Alpaca-style source wrote them,
+    or ``None`` when the row carries no split (ShareGPT, messages, LLaMA-Factory rows with ``history``):
+    then the first user turn's content is the whole instruction and there is no input."""
+    instruction, inp = row.get("instruction"), row.get("input")
+    if isinstance(instruction, str) and isinstance(inp, str):
+        return instruction, inp
+    return None
 
 
 def _optional_string(record: dict, key: str, field: str | None = None) -> str:
@@ -341,14 +367,25 @@ def from_sharegpt(record: dict, default_id: str) -> list[dict]:
 
 @_format("openai", "sft", "messages [{role, content}]", lambda r: "messages" in r)
 def from_openai(record: dict, default_id: str) -> list[dict]:
-    """OpenAI-style ``messages: [{role, content}]`` with roles system/user/assistant."""
+    """OpenAI-style ``messages: [{role, content}]`` with roles system/user/assistant. A row that also has
+    ``instruction`` and ``input`` strings (a canonical row written by an earlier run) keeps them as its
+    split when they make up its first user turn; otherwise that is an error naming ``instruction``."""
     msgs = _messages(record.get("messages", MISSING), "messages", "role", "content", OPENAI_ROLES)
-    return [_sft_row(record_id(record, default_id), msgs, "messages")]
+    row = _sft_row(record_id(record, default_id), msgs, "messages")
+    if all(record.get(k) is not None for k in SPLIT_KEYS):
+        instruction, inp = (_string(record[k], k) for k in SPLIT_KEYS)
+        first = next(m for m in msgs if m.role == "user")
+        if first.content != _user_text(instruction, inp):
+            raise DataError("expected 'instruction' and 'input' that make up the first user turn (instruction, "
+                            "then a blank line and the input when it is not blank), found a different user turn",
+                            field="instruction")
+        row = _with_split(row, instruction, inp)
+    return [row]
 
 
 @_format("self_instruct", "sft", "instruction + instances [{input, output}]", lambda r: "instruction" in r and "instances" in r)
 def from_self_instruct(record: dict, default_id: str) -> list[dict]:
-    """self-instruct: one row per instance ``k`` with id ``"{id}:{k}"``; user content as for Alpaca."""
+    """self-instruct: one row per instance ``k`` with id ``"{id}:{k}"``; user content and split as for Alpaca."""
     instruction = _string(record.get("instruction", MISSING), "instruction")
     instances = _nonempty_list(record.get("instances", MISSING), "instances", "instances")
     rid, rows = record_id(record, default_id), []
@@ -356,9 +393,10 @@ def from_self_instruct(record: dict, default_id: str) -> list[dict]:
         path = f"instances[{k}]"
         if not isinstance(inst, dict):
             raise expected("an object with 'input' and 'output'", inst, path)
-        user = _user_text(instruction, _optional_string(inst, "input", f"{path}.input"))
+        inp = _optional_string(inst, "input", f"{path}.input")
         output = _string(inst.get("output", MISSING), f"{path}.output")
-        rows.append({"id": f"{rid}:{k}", "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output}]})
+        messages = [{"role": "user", "content": _user_text(instruction, inp)}, {"role": "assistant", "content": output}]
+        rows.append(_with_split({"id": f"{rid}:{k}", "messages": messages}, instruction, inp))
     return rows
 
 
@@ -369,9 +407,11 @@ def from_alpaca(record: dict, default_id: str) -> list[dict]:
     User content is the instruction plus ``"\\n\\n" + input`` when the input is non-blank (``None``
     counts as empty: parquet and ``datasets`` fill absent columns with None). LLaMA-Factory's optional
     ``system`` string and ``history`` ``[[user, assistant], ...]`` pairs become the leading turns.
+    Without ``history`` the row carries the split (``instruction``, ``input``; see the module doc).
     """
     instruction = _string(record.get("instruction", MISSING), "instruction")
-    user = _user_text(instruction, _optional_string(record, "input"))
+    inp = _optional_string(record, "input")
+    user = _user_text(instruction, inp)
     key = "output" if record.get("output") is not None or "response" not in record else "response"
     output = _string(record.get(key, MISSING), key, "a string under 'output' or 'response'")
     msgs = _system(record)
@@ -384,7 +424,8 @@ def from_alpaca(record: dict, default_id: str) -> list[dict]:
         for j, role in enumerate(("user", "assistant")):
             msgs.append(_Msg(role, _string(pair[j], f"history[{i}][{j}]"), role, f"history[{i}][{j}]"))
     msgs += [_Msg("user", user, "user", "instruction"), _Msg("assistant", output, "assistant", key)]
-    return [_sft_row(record_id(record, default_id), msgs, "instruction")]
+    row = _sft_row(record_id(record, default_id), msgs, "instruction")
+    return [row if history else _with_split(row, instruction, inp)]
 
 
 def trainable_messages(messages: list[dict]) -> list[dict]:

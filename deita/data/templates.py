@@ -9,6 +9,7 @@ at the start (when the tokenizer has one), because ``apply_chat_template(tokeniz
 
 Registered names:
 
+- ``alpaca``: stanford_alpaca's training prompt (see :data:`ALPACA_JINJA`).
 - ``vicuna_v1.1``: FastChat's ``vicuna_v1.1`` conversation (the DEITA reference's SFT template),
   ``system + " " + "USER: " + q1 + " " + "ASSISTANT: " + a1 + eos + "USER: " + q2 ...``.
 - ``chatml``: ``<|im_start|>role\\ncontent<|im_end|>\\n``.
@@ -115,22 +116,52 @@ ZEPHYR_JINJA = (
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
-#: stanford_alpaca's training prompt (the Nuggets reference SFT), one "### Instruction / ### Response" block
-#: per turn. Canonical rows carry an Alpaca ``input`` inside the user text (after a blank line), so the
-#: "paired with an input" preamble variant is not reproduced.
+ALPACA_PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+#: stanford_alpaca's training prompt (the Nuggets reference SFT): ``PROMPT_DICT["prompt_input"]`` when the row
+#: carries an Alpaca split with a non-empty input (``### Input:`` block, "paired with an input" preamble),
+#: else ``PROMPT_DICT["prompt_no_input"]``, then the output and eos, as stanford_alpaca's ``train.py`` builds
+#: ``source + output + eos`` ("### Response:" directly followed by the output). The split comes in the
+#: template variable ``alpaca_split`` (:func:`template_kwargs`; TRL passes a row's ``chat_template_kwargs``).
+#: Without a split (ShareGPT, messages rows) the first user turn's whole content is the instruction. Later
+#: turns (multi-turn rows, not in the reference) repeat the ``### Instruction``/``### Response:`` block after a
+#: blank line; system messages are dropped.
 ALPACA_JINJA = (
     _BOS
-    + "{{ '" + ALPACA_PREAMBLE + "\n\n' }}"
+    + "{% set split = alpaca_split if alpaca_split is defined and alpaca_split is not none else none %}"
+    "{% set with_input = split is not none and split['input'] != '' %}"
+    "{% if with_input %}{{ '" + ALPACA_PREAMBLE_INPUT + "\n\n' }}{% else %}{{ '" + ALPACA_PREAMBLE + "\n\n' }}{% endif %}"
+    "{% set ns = namespace(first=true) %}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n### Response:\n' }}"
+    "{% if message['role'] == 'user' %}"
+    "{% if not ns.first %}{{ '\n\n' }}{% endif %}"
+    "{% if ns.first and split is not none %}{{ '### Instruction:\n' + split['instruction'] }}"
+    "{% if with_input %}{{ '\n\n### Input:\n' + split['input'] }}{% endif %}"
+    "{% else %}{{ '### Instruction:\n' + message['content'] }}{% endif %}"
+    "{{ '\n\n### Response:' }}"
+    "{% set ns.first = false %}"
     "{% elif message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{{ '\n\n' }}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
     "{% endif %}"
     "{% endfor %}"
 )
 
+
+def template_kwargs(row: dict) -> dict:
+    """Extra chat-template variables of a canonical row: ``alpaca_split`` (``{"instruction", "input"}``) when
+    the row carries the Alpaca split of its first user turn (:func:`deita.data.formats.instruction_split`),
+    which the ``alpaca`` template renders as the reference prompt; ``{}`` otherwise. Other templates ignore it."""
+    from deita.data.formats import instruction_split
+
+    split = instruction_split(row)
+    return {} if split is None else {"alpaca_split": {"instruction": split[0], "input": split[1]}}
+
+
 for _t in (
-    ChatTemplate("alpaca", ALPACA_JINJA, True, "stanford_alpaca prompt (Nuggets reference SFT); system messages dropped"),
+    ChatTemplate("alpaca", ALPACA_JINJA, True, "stanford_alpaca prompt, with ### Input: for rows that carry an input "
+                 "(Nuggets reference SFT); system messages dropped"),
     ChatTemplate("vicuna_v1.1", VICUNA_JINJA, True, "FastChat vicuna_v1.1 (DEITA reference SFT template)"),
     ChatTemplate("chatml", CHATML_JINJA, False, "ChatML <|im_start|>role ... <|im_end|>"),
     ChatTemplate("zephyr", ZEPHYR_JINJA, True, "Zephyr <|user|>/<|assistant|>/<|system|> ended by eos"),
@@ -197,8 +228,10 @@ def render_text(
     bos_token: str = "",
     eos_token: str = "</s>",
     add_generation_prompt: bool = False,
+    **variables: Any,
 ) -> str:
     """Render ``messages`` with the registered Jinja template ``name`` to a plain string (no tokenizer).
+    ``variables`` are extra template variables (:func:`template_kwargs`).
 
     Uses transformers' own chat-template renderer, so the text is byte-identical to what
     ``tokenizer.apply_chat_template(..., tokenize=False)`` gives for a tokenizer with these bos/eos tokens.
@@ -217,6 +250,7 @@ def render_text(
         add_generation_prompt=add_generation_prompt,
         bos_token=bos_token,
         eos_token=eos_token,
+        **variables,
     )
     return rendered[0]
 

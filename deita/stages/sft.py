@@ -29,12 +29,22 @@ class SFTStageConfig(TrainConfig):
 
 def messages_dataset(rows: list[dict]):
     """TRL's conversational dataset of canonical rows; a trailing unanswered user turn is left out
-    (:func:`deita.data.formats.trainable_messages`), so it is neither trained on nor fed."""
+    (:func:`deita.data.formats.trainable_messages`), so it is neither trained on nor fed.
+
+    When a row carries the Alpaca instruction/input split, every row gets a ``chat_template_kwargs`` column
+    (``alpaca_split``: the split, or null), which TRL hands to the chat template: the ``alpaca`` template
+    renders the reference prompt with its ``### Input:`` block from it; other templates ignore it."""
     from datasets import Dataset
 
     from deita.data.formats import trainable_messages
+    from deita.data.templates import template_kwargs
 
-    return Dataset.from_list([{"messages": trainable_messages(r["messages"])} for r in rows])
+    records = [{"messages": trainable_messages(r["messages"])} for r in rows]
+    extra = [template_kwargs(r) for r in rows]
+    if any(extra):
+        for record, kwargs in zip(records, extra):
+            record["chat_template_kwargs"] = {"alpaca_split": kwargs.get("alpaca_split")}
+    return Dataset.from_list(records)
 
 
 def run_sft_stage(cfg: DictConfig, ctx) -> dict:
