@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tests.helpers import RECIPES, REPO_ROOT, compose_config, run_train
 
 HEAVY_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "sentence_transformers",
-                  "datasets", "safetensors")
+                  "datasets", "safetensors", "matplotlib")
 
 # Runs train.py in this interpreter and, at exit, prints which heavy packages got imported.
 IMPORTS_AT_EXIT = """

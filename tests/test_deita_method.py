@@ -64,15 +64,10 @@ def test_deita_end_to_end_and_cache(shared_data, tmp_path, tiny_llama, tiny_mist
     assert order[0] == int(np.argmax(evol))
     assert res.report["rejected_by_tau"] + 10 == res.report["scanned"]
     assert math.isnan(t["nn_sim"][order[0]]) and all(t["nn_sim"][i] <= 0.999 + 1e-6 for i in order[1:])
-    assert set(res.plots) == {"deita_nn_similarity"}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
-    res.plots["deita_nn_similarity"](ax)
-    plt.close(fig)
+    # the report's trace of the filter: kept rows in ranking order, their nearest-kept similarities, tau
+    assert res.greedy.kept.size == 10 and res.greedy.tau == 0.999 and res.greedy.scanned == res.report["scanned"]
+    assert np.allclose(res.greedy.nn_sim[1:], [t["nn_sim"][i] for i in order[1:]], equal_nan=True)
+    assert res.score_column == "evol_score" and res.scatter == ("complexity", "quality")
     misses = len(cache.stats["misses"])
     assert misses == 3 and not cache.stats["hits"]
     again, again_order = rank_and_cut(SELECTORS.get("deita")(cfg), rows, make_ctx(rows))

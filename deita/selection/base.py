@@ -53,7 +53,18 @@ class SelectionResult:
     report: dict[str, Any] = field(default_factory=dict)
     """Method-specific figures for the selection report (counts, rejected-by-tau, timings, ...)."""
     plots: dict[str, Callable[[Any], None]] = field(default_factory=dict)
-    """Plot name → function that draws it on a matplotlib axis."""
+    """Plot name → function that draws it on a matplotlib axis (figures the report does not draw itself)."""
+    score_column: str = ""
+    """The table column the ranking follows (best = highest), for the report's highest- and lowest-scored
+    rows; '' when the method has no score (random)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Table column → axis label with its unit (``"complexity (1-6 judge score, summed over turns)"``);
+    columns without one are labelled by name."""
+    scatter: tuple[str, ...] = ()
+    """Two table columns the report plots against each other (x, y), selected rows highlighted."""
+    greedy: Any = None
+    """The diversity filter's :class:`deita.selection.filters.GreedyResult` (kept rows' nearest-kept
+    similarities, rejections by tau against scan position, tau) when the method ran one."""
 
 
 @dataclass

@@ -312,6 +312,8 @@ class GreedyResult:
     rejected_at: np.ndarray
     """Scan positions (0-based indices into ``order``) of the candidates rejected by tau, ascending (int64,
     ``rejected`` entries); every other scanned position was kept. See :meth:`rejected_by`."""
+    tau: float = float("nan")
+    """The threshold the filter ran with (cosine similarity)."""
 
     def rejected_by(self, n_scanned: Any) -> np.ndarray:
         """Running count of rejections by tau among the first ``n_scanned`` candidates (int or int array).
@@ -452,4 +454,4 @@ def greedy_diverse(
                 raise invalid
     rej = np.concatenate(rejected_at) if rejected_at else np.empty(0, dtype=np.int64)
     return GreedyResult(kept=kept_idx[:k].copy(), nn_sim=nn_sim[:k].copy(), rejected=int(rej.size), scanned=scanned,
-                        rejected_at=rej.astype(np.int64, copy=False))
+                        rejected_at=rej.astype(np.int64, copy=False), tau=float(tau))

@@ -8,10 +8,11 @@ after the artifacts below are written into the unfinished stage folder for inspe
 
 Writes, into the stage directory:
 
-* ``scores.parquet``: one row per pool row: ``id``, the method's score columns, ``selected``, ``rank``
+* ``scores.parquet``: one row per pool row: ``id``, ``source``, the method's score columns, ``selected``, ``rank``
   (position in selection order, -1 when not selected);
 * ``selected.jsonl``: the selected canonical rows in selection order (what SFT trains on);
-* ``report.md`` and ``plots/*.png``: the selection report (logged to W&B when W&B is on).
+* ``report.md``, ``report.html`` (self-contained, figures embedded) and ``plots/*.png``: the selection
+  report (:mod:`deita.selection.report`; logged to W&B when W&B is on).
 """
 
 from __future__ import annotations
@@ -91,14 +92,23 @@ def shortfall_messages(cfg: DictConfig, result: SelectionResult, selected: list[
     return None, None
 
 
-def build_table(rows: list[dict], result: SelectionResult, selected: list[int]):
-    """The per-pool-row table: id, the method's columns, selected flag and rank (position in ``selected``)."""
+def source_labels(pool) -> list[str]:
+    """Per pool row, the name of the source that gave it: its file or folder name (or hub name), with the
+    source's position appended where two sources share a name."""
+    names = [Path(r.source).name or r.source for r in pool.results]
+    labels = [f"{n} (source {k + 1})" if names.count(n) > 1 else n for k, n in enumerate(names)]
+    return [label for label, r in zip(labels, pool.results) for _ in r.rows]
+
+
+def build_table(rows: list[dict], result: SelectionResult, selected: list[int], sources: Optional[list[str]] = None):
+    """The per-pool-row table: id, ``source`` (when given), the method's columns, selected flag and rank
+    (position in ``selected``)."""
     import pandas as pd
 
     rank = [-1] * len(rows)
     for position, i in enumerate(selected):
         rank[i] = position
-    table = pd.DataFrame({"id": [r["id"] for r in rows], **result.table})
+    table = pd.DataFrame({"id": [r["id"] for r in rows], **({"source": sources} if sources else {}), **result.table})
     table["selected"] = [r >= 0 for r in rank]
     table["rank"] = rank
     return table
@@ -143,10 +153,10 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     counts.update(budget=int(sel_cfg.budget), selected_rows=len(selected), warnings=[warning] if warning else [],
                   cache=cache_report(cache.stats), method_report=result.report)
     if ctx.dist.is_main:
-        table = build_table(rows, result, order)
+        table = build_table(rows, result, order, source_labels(pool))
         table.to_parquet(ctx.work_dir / "scores.parquet", index=False)
         write_jsonl(selected, ctx.work_dir / "selected.jsonl")
-        write_report(ctx.work_dir, table, result, sel_cfg, counts, problem=error or warning)
+        write_report(ctx.work_dir, table, result, sel_cfg, counts, problem=error or warning, rows=rows)
         if warning:
             log.warning("%s", warning)
     if error:
@@ -169,4 +179,4 @@ def _log_to_tracker(cfg: DictConfig, ctx) -> None:
         import wandb
 
         run.log({f"select/{p.stem}": wandb.Image(str(p)) for p in sorted((ctx.work_dir / "plots").glob("*.png"))})
-        run.log({"select/report": wandb.Html("<pre>" + (ctx.work_dir / "report.md").read_text() + "</pre>")})
+        run.log({"select/report": wandb.Html((ctx.work_dir / "report.html").read_text())})

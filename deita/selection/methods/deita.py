@@ -214,20 +214,18 @@ class DeitaSelector(Selector):
             ranking = order.tolist()
         table["nn_sim"] = nn_sim
         report.update(timings=timings)
-        kept_sims = [nn_sim[i] for i in ranking[1:]]
-        plots = {"deita_nn_similarity": _nn_hist(kept_sims, float(cfg.tau))} if cfg.diversity else {}
-        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report=report, plots=plots)
+        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report=report, score_column=column,
+                               labels=COLUMN_LABELS, scatter=("complexity", "quality"),
+                               greedy=res if cfg.diversity else None)
 
 
-def _nn_hist(sims: list[float], tau: float):
-    """Plot function: histogram of each kept row's similarity to its nearest earlier kept row."""
-
-    def draw(ax) -> None:
-        ax.hist([s for s in sims if not math.isnan(s)], bins=40, color="tab:blue")
-        ax.axvline(tau, color="tab:red", linestyle="--", label=f"tau = {tau}")
-        ax.set_xlabel("cosine similarity to nearest previously kept row")
-        ax.set_ylabel("selected rows")
-        ax.set_title("DEITA: nearest-kept-neighbour similarity")
-        ax.legend()
-
-    return draw
+COLUMN_LABELS = {
+    "complexity": "complexity (judge's expected score 1-6, summed over turns)",
+    "quality": "quality (judge's expected score 1-6, summed over turns)",
+    "evol_score": "evol score (sum over turns of complexity x quality)",
+    "n_turns": "turns per conversation (count)",
+    "complexity_truncated": "turns truncated for the complexity scorer (count)",
+    "quality_truncated": "turns truncated for the quality scorer (count)",
+    "nn_sim": "cosine similarity to the nearest earlier kept row",
+}
+"""Axis labels (with units) of the table columns, for the selection report."""

@@ -133,7 +133,19 @@ class IfdSelector(Selector):
                      f"({nan} could not be scored); raise selection.max_ifd")
         if cfg.sample_rate is not None:
             shortfall += f", or sample_rate={cfg.sample_rate}, which keeps {len(ranking)} of them"
-        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report={"unscored_rows": nan})
+        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report={"unscored_rows": nan},
+                               score_column="ifd", labels={**COLUMN_LABELS, "ifd": IFD_LABEL[cfg.ratio]},
+                               scatter=("loss_direct", "loss_condition"))
+
+
+IFD_LABEL = {"ppl": "IFD (answer perplexity with / without the instruction, ratio)",
+             "loss": "IFD (answer loss with / without the instruction, ratio)"}
+"""Axis label of the ``ifd`` column for each ``selection.ratio``."""
+COLUMN_LABELS = {
+    "loss_condition": "answer loss given the instruction (nats/token)",
+    "loss_direct": "answer loss alone (nats/token)",
+}
+"""Axis labels (with units) of the table columns, for the selection report."""
 
 
 @SELECTORS.register("superfilter")

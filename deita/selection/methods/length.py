@@ -78,4 +78,5 @@ class LengthSelector(Selector):
         column = f"length_{self.cfg.field}_{self.cfg.unit}"
         return SelectionResult(table={column: lengths}, ranking=score_order(lengths).tolist(),
                                shortfall=f"the pool has {len(rows)} rows",
-                               report={"field": self.cfg.field, "unit": self.cfg.unit})
+                               report={"field": self.cfg.field, "unit": self.cfg.unit}, score_column=column,
+                               labels={column: f"{self.cfg.field} length ({self.cfg.unit}, summed over turns)"})

@@ -185,13 +185,21 @@ class NuggetsSelector(Selector):
             shortfall += (f"; the tau={cfg.tau} diversity filter rejected {kept.rejected} of them; raise "
                           "selection.tau to keep more")
         else:
-            ranking = accepted
+            ranking, kept = accepted, None
         is_anchor = [False] * len(rows)
         for i in res["anchor_index"] or []:
             is_anchor[i] = True
         wins = np.rint(gs * len(res["zero"])).astype(int)
         table = {"golden_score": gs.tolist(), "anchor_wins": wins.tolist(), "is_anchor": is_anchor}
-        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report=report)
+        return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report=report,
+                               score_column="golden_score", labels=COLUMN_LABELS, greedy=kept)
+
+
+COLUMN_LABELS = {
+    "golden_score": "golden score (share of anchors whose loss the row lowers as a one-shot example)",
+    "anchor_wins": "anchors whose loss the row lowers (count)",
+}
+"""Axis labels (with units) of the table columns, for the selection report."""
 
 
 def rule_shortfall(cfg, accepted: int, pool: int) -> str:
