@@ -77,6 +77,20 @@ def relaunch(cfg: DictConfig) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
+def shared_data_hint(cfg: DictConfig, err: Exception) -> str:
+    """For a data file missing because ``paths.shared_data`` is no folder from here (the default,
+    ``../shared/data``, is right only from the checkout's root): which key and variable to set; else ""."""
+    file = getattr(err, "file", None)
+    try:
+        shared = str(cfg.paths.shared_data)
+    except Exception:  # noqa: BLE001 (an unresolvable value: nothing to add to the error itself)
+        return ""
+    if not file or os.path.isdir(os.path.expanduser(shared)) or not str(file).startswith(shared.rstrip("/") + "/"):
+        return ""
+    return (f"\n  paths.shared_data={shared} is not a folder (from {os.getcwd()}): set DEITA_SHARED_DATA or "
+            "paths.shared_data=DIR")
+
+
 def run(cfg: DictConfig) -> None:
     """Validate ``cfg``; then print the plan (``plan=true``), re-launch, or run the pipeline.
 
@@ -97,7 +111,7 @@ def run(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{shared_data_hint(cfg, err)}", file=sys.stderr)
         if env_dist().rank == 0:
             remove_if_unused(cfg.run_dir)
         sys.exit(2)

@@ -95,14 +95,14 @@ def _text_chars(row: dict) -> int:
 
 
 def source_stats(sources, kind: str, chars_per_token: float) -> SourceStats:
-    """Count rows and estimate tokens of ``sources`` (reads local files; trusts hints for hub data)."""
-    from pathlib import Path
-
+    """Count rows and estimate tokens of ``sources`` (reads local files; trusts hints for hub data). A
+    local path that does not exist is a DataError naming it, as in a run, not a hub source of 0 rows."""
+    from deita.data.loading import looks_local
     from deita.data.sources import load_sources
 
     local, hub = [], []
     for src in sources:
-        (local if Path(str(src.path)).exists() else hub).append(src)
+        (local if looks_local(str(src.path)) else hub).append(src)
     loaded = load_sources(local, kind, on_error="skip").rows
     rows, tokens = len(loaded), sum(_text_chars(r) for r in loaded) / chars_per_token
     for src in hub:  # cannot be read offline: trust the hints

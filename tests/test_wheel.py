@@ -139,3 +139,13 @@ def test_installed_command_relaunches_itself_as_python_m_deita(venv, elsewhere, 
     (manifest,) = (elsewhere / "runs" / "tiny").glob("*/select/manifest.json")
     record = json.loads(manifest.read_text())
     assert record["world_size"] == 2 and record["selected_rows"] == 8
+
+
+def test_installed_command_without_the_shared_data_says_which_key_to_set(venv, elsewhere):
+    proc = subprocess.run([str(venv / "bin" / "deita"), "recipe=tiny", "plan=true"], cwd=elsewhere, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Plan for" not in proc.stdout  # no plan of 0 rows
+    assert "../shared/data/instruct/llamafactory_alpaca_en_demo.json: no such file or folder" in proc.stderr
+    assert f"paths.shared_data=../shared/data is not a folder (from {elsewhere})" in proc.stderr
+    assert "DEITA_SHARED_DATA" in proc.stderr

@@ -205,7 +205,9 @@ def _dir_records(path: Path, split: str) -> Iterator[_Raw]:
     return (raw for f in files for raw in _file_records(f, split))
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
+    """True when ``source`` names a local file or folder (a data suffix, a path start, or it exists), so a
+    missing one is reported as missing rather than tried as a hub dataset name."""
     return source.endswith(DATA_SUFFIXES) or source.startswith((".", "/", "~")) or os.path.lexists(source)
 
 
@@ -242,7 +244,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[_Raw]:
     naming it; per-record problems are yielded as errors for :func:`load_rows` to raise or skip.
     """
     path = Path(os.path.expanduser(source))
-    if not _looks_local(source):
+    if not looks_local(source):
         return _hub_records(source, split)
     with reading(source):
         if not path.exists():
