@@ -22,7 +22,7 @@ def _alpaca_rows(shared_data, n):
     return rows
 
 
-def _ctx(tmp_path, models):
+def _ctx(tmp_path, models, **cache_options):
     from deita.cache import ContentCache
     from deita.distributed import DistInfo
     from deita.fingerprint import hash_rows
@@ -30,7 +30,7 @@ def _ctx(tmp_path, models):
     def resolver(ref):
         return str(models[ref])
 
-    cache = ContentCache(tmp_path / "cache")
+    cache = ContentCache(tmp_path / "cache", **cache_options)
     return cache, lambda rows: SelectionContext(cache=cache, dist=DistInfo(), data_fingerprint=hash_rows(rows),
                                                 model_resolver=resolver)
 
@@ -110,13 +110,14 @@ def _reference_greedy(evol, emb, tau: float, budget: int) -> list[int]:
 def test_tie_break_reference_selects_the_ids_the_original_selects_on_duplicate_rows(shared_data, tmp_path,
                                                                                       tiny_llama, tiny_mistral):
     """A pool where every row appears several times: duplicates tie on the evol score and are at
-    similarity 1, so which copy the filter keeps is decided by the tie order alone."""
+    similarity 1, so which copy the filter keeps is decided by the tie order alone. Chunks of 8 rows put
+    the copies of a row in different chunks, scored apart."""
     pytest.importorskip("pandas")
     base = _alpaca_rows(shared_data, 6)
     rng = np.random.default_rng(0)
     copies = rng.permutation(np.repeat(np.arange(len(base)), 7))
     rows = [{"id": f"dup-{j}", "messages": base[k]["messages"]} for j, k in enumerate(copies)]
-    _, make_ctx = _ctx(tmp_path, {"tiny:llama": tiny_llama, "tiny:mistral": tiny_mistral})
+    _, make_ctx = _ctx(tmp_path, {"tiny:llama": tiny_llama, "tiny:mistral": tiny_mistral}, chunk_rows=8)
     ref_cfg = _config(budget=4, tau=0.999, tie_break="reference")
     res, order = rank_and_cut(SELECTORS.get("deita")(ref_cfg), rows, make_ctx(rows))
     evol = np.asarray(res.table["evol_score"])

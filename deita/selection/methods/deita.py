@@ -126,6 +126,23 @@ def combine_scores(cols: dict[str, list]) -> dict[str, list]:
     return out
 
 
+def distinct_conversations(rows: list[dict]) -> tuple[list[dict], list[int]]:
+    """The rows with distinct ``messages`` (the first copy of each, in pool order) and, for every pool row,
+    the position of its copy in that list."""
+    import json
+
+    first: dict[str, int] = {}
+    unique: list[dict] = []
+    slot: list[int] = []
+    for row in rows:
+        key = json.dumps(row.get("messages"), sort_keys=True, ensure_ascii=False)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(row)
+        slot.append(first[key])
+    return unique, slot
+
+
 def check_tie_break(tie_break: str) -> None:
     """Raise :class:`deita.validate.ConfigError` naming ``selection.tie_break`` unless it is a known order."""
     from deita.selection.ranking import TIE_BREAKS
@@ -141,17 +158,27 @@ class DeitaSelector(Selector):
     config_class = DeitaSelectionConfig
 
     def score(self, rows: list[dict], ctx: SelectionContext) -> dict[str, list]:
-        """Per-row score columns (cached, sharded), combined into sums and the evol score."""
+        """Per-row score columns (cached, sharded), combined into sums and the evol score.
+
+        Each distinct conversation is scored once and its scores shared by its copies (an error text names
+        the first copy), so duplicate rows tie exactly wherever they sit in the pool, as under the
+        reference's one-at-a-time scoring; scored in different chunks or batches they would differ by float
+        rounding, and ``tie_break: reference`` could not order them as the reference does."""
+        from deita.fingerprint import hash_rows
         from deita.selection.scorers.pool import score_pool
 
+        unique, slot = distinct_conversations(rows)
+        fingerprint = ctx.data_fingerprint if len(unique) == len(rows) else hash_rows(unique)
         opts, cols = self.cfg.scorer, {}
         for kind in needed_scorers(self.cfg.sort_key):
             ref = opts.complexity_model if kind == "complexity" else opts.quality_model
             cols.update(score_pool(
-                rows, kind, ctx.model_resolver(ref), cache=ctx.cache, data_fingerprint=ctx.data_fingerprint,
+                unique, kind, ctx.model_resolver(ref), cache=ctx.cache, data_fingerprint=fingerprint,
                 dist_info=ctx.dist, on_error=self.cfg.on_error, max_length=opts.max_length,
                 max_tokens_per_batch=opts.max_tokens_per_batch, dtype=opts.dtype, device=opts.device,
                 trust_remote_code=self.cfg.trust_remote_code))
+        if len(unique) < len(rows):
+            cols = {name: [values[j] for j in slot] for name, values in cols.items()}
         return combine_scores(cols)
 
     def embed(self, rows: list[dict], ctx: SelectionContext):
