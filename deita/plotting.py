@@ -16,12 +16,18 @@ DPI = 100
 
 def new_figure(width: float = 7.0, height: float = 4.2) -> tuple[Any, Any]:
     """A fresh ``(figure, axes)`` pair of ``width`` x ``height`` inches on the Agg canvas."""
+    fig, axes = new_figure_row(1, width, height)
+    return fig, axes[0]
+
+
+def new_figure_row(n: int, width: float, height: float) -> tuple[Any, list]:
+    """A fresh figure of ``width`` x ``height`` inches on the Agg canvas with ``n`` axes side by side."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, list(fig.subplots(1, n, squeeze=False)[0])
 
 
 def png_bytes(fig: Any) -> bytes:

@@ -1,12 +1,15 @@
 """End-of-sweep summary: a table of each sweep point's overrides → final train/eval loss.
 
 Wired as a Hydra callback in ``conf/config.yaml`` (``hydra.callbacks.sweep_summary``); it runs once after
-a ``-m`` multirun and writes ``sweep_summary.md`` into the sweep directory.
+a ``-m`` multirun and writes ``sweep_summary.md`` and ``sweep_summary.html`` (the table, and a plot of
+budget against each final loss, one line per value of the other swept keys, e.g. per ``selection=``
+method) into the sweep directory.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,95 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+LOSS_PANELS = (
+    ("sft", "train_loss", "SFT final train loss", "loss (nats/token)"),
+    ("sft", "eval_loss", "SFT eval loss (sft.eval_fraction rows)", "loss (nats/token)"),
+    ("eval", "heldout_loss", "Held-out loss (pool rows not selected)", "loss (nats/token)"),
+    ("dpo", "train_loss", "DPO final train loss", "loss (nats/pair)"),
+)
+"""(stage, manifest key, panel title, y label) of each loss the sweep plot can show; a panel is drawn only
+when some job has its loss. ``train_loss``/``eval_loss`` live under the manifest's ``metrics``."""
+BUDGET_KEYS = ("selection.budget", "+selection.budget")
+
+
+def loss_points(job_dirs: list[Path], job_overrides: list[list[str]] | None = None) -> list[dict]:
+    """Per job: ``line`` (the swept overrides other than the budget, or the selection method when only
+    the budget varies), ``budget`` (rows; the rows selected when the budget is -1) and each loss of
+    :data:`LOSS_PANELS` the job recorded (key ``stage/key``). Jobs without a select manifest are left out."""
+    swept = varying_overrides(job_overrides) if job_overrides else [{} for _ in job_dirs]
+    points = []
+    for job, overrides in zip(job_dirs, swept):
+        manifests = {}
+        for stage in {p[0] for p in LOSS_PANELS} | {"select"}:
+            path = job / stage / "manifest.json"
+            if path.is_file():
+                manifests[stage] = json.loads(path.read_text())
+        select = manifests.get("select")
+        if select is None:
+            continue
+        budget = select.get("budget", -1)
+        others = [f"{k}={v}" for k, v in overrides.items() if k not in BUDGET_KEYS]
+        method = select.get("config", {}).get("selection", {}).get("method", "?")
+        point = {"line": ", ".join(others) or method,
+                 "budget": budget if budget is not None and budget >= 0 else select.get("selected_rows")}
+        for stage, key, _, _ in LOSS_PANELS:
+            m = manifests.get(stage, {})
+            value = m.get(key) if stage == "eval" else m.get("metrics", {}).get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                point[f"{stage}/{key}"] = float(value)
+        points.append(point)
+    return points
+
+
+def loss_figure(points: list[dict]):
+    """Budget against each recorded loss (one panel per loss, one line per ``line``); None when no job
+    recorded a loss."""
+    from deita.plotting import new_figure_row
+
+    panels = [p for p in LOSS_PANELS if any(f"{p[0]}/{p[1]}" in pt for pt in points)]
+    if not panels:
+        return None
+    fig, axes = new_figure_row(len(panels), max(7.0, 5.0 * len(panels)), 4.2)
+    budgets = [pt["budget"] for pt in points if pt["budget"]]
+    log_x = bool(budgets) and min(budgets) > 0 and max(budgets) / min(budgets) >= 10
+    lines = list(dict.fromkeys(pt["line"] for pt in points))
+    for ax, (stage, key, title, y_label) in zip(axes, panels):
+        for line in lines:
+            xy = sorted((pt["budget"], pt[f"{stage}/{key}"]) for pt in points
+                        if pt["line"] == line and f"{stage}/{key}" in pt)
+            if xy:
+                ax.plot(*zip(*xy), marker="o", linewidth=2, label=line)
+        ax.set_title(title)
+        ax.set_xlabel("budget (selected rows)")
+        ax.set_ylabel(y_label)
+        if log_x:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Sweep: budget against final losses")
+    return fig
+
+
+def summary_html(rows: list[dict], points: list[dict]) -> str:
+    """The text of ``sweep_summary.html``: the loss plot (when a job recorded a loss) and the table."""
+    from deita import html as H
+    from deita.plotting import png_bytes
+
+    fig = loss_figure(points)
+    body = ["<h2>Budget against final losses</h2>"]
+    if fig is None:
+        body.append('<p class="note">No job recorded a training or held-out loss: nothing to plot.</p>')
+    else:
+        body.append(H.figure(png_bytes(fig), "Sweep: budget against final losses",
+                             "One line per value of the other swept keys. The held-out rows are the pool rows "
+                             "each job did not select, so they differ between budgets."))
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    body += ["<h2>Jobs</h2>", H.table(columns, [[r.get(c, "") for c in columns] for r in rows])]
+    return H.page("Sweep summary", body)
+
+
 class SweepSummary(Callback):
     """Hydra callback: after a multirun, print and write the budget → loss table."""
 
@@ -76,7 +168,10 @@ class SweepSummary(Callback):
 
         if not self.job_dirs or not env_dist().is_main:
             return
-        table = format_table(collect_rows(self.job_dirs, self.job_overrides))
+        rows = collect_rows(self.job_dirs, self.job_overrides)
+        table = format_table(rows)
         sweep_dir = self.job_dirs[0].parent
         write_text_atomic(sweep_dir / "sweep_summary.md", "# Sweep summary\n\n" + table + "\n")
+        write_text_atomic(sweep_dir / "sweep_summary.html",
+                          summary_html(rows, loss_points(self.job_dirs, self.job_overrides)))
         print(f"\nSweep summary ({sweep_dir / 'sweep_summary.md'}):\n{table}")

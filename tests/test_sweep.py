@@ -8,8 +8,11 @@ import math
 from pathlib import Path
 
 
-from deita.sweep import collect_rows, format_table, varying_overrides
+import pytest
+
+from deita.sweep import collect_rows, format_table, loss_figure, loss_points, summary_html, varying_overrides
 from tests.helpers import free_port, run_train, shared_paths
+from tests.test_report import assert_drawn, assert_self_contained, embedded_images
 
 ALPACA = "instruct/llamafactory_alpaca_en_demo.json"
 
@@ -67,6 +70,50 @@ def test_summary_rows_from_manifests(tmp_path):
                                             "sft train_loss": "2.25"}
 
 
+def _job(root: Path, name: str, manifests: dict[str, dict]) -> Path:
+    for stage, body in manifests.items():
+        (root / name / stage).mkdir(parents=True)
+        (root / name / stage / "manifest.json").write_text(json.dumps(body))
+    return root / name
+
+
+def test_loss_plot_has_one_line_per_method_and_a_panel_per_loss(tmp_path):
+    jobs, overrides = [], []
+    for method in ("deita", "random"):
+        for budget in (16, 8):
+            select = {"budget": budget, "selected_rows": budget, "config": {"selection": {"method": method}}}
+            sft = {"metrics": {"train_loss": 3.0 - budget / 16 - (method == "deita")}}
+            eval_ = {"heldout_loss": 4.0 - budget / 32}
+            jobs.append(_job(tmp_path, f"{method}{budget}", {"select": select, "sft": sft, "eval": eval_}))
+            overrides.append([f"selection={method}", f"selection.budget={budget}", "logger=none"])
+    points = loss_points(jobs, overrides)
+    assert points[0] == {"line": "selection=deita", "budget": 16, "sft/train_loss": 1.0, "eval/heldout_loss": 3.5}
+    fig = loss_figure(points)
+    assert [ax.get_title() for ax in fig.axes] == ["SFT final train loss", "Held-out loss (pool rows not selected)"]
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "budget (selected rows)" and ax.get_ylabel() == "loss (nats/token)"
+        lines = {line.get_label(): line.get_xydata().tolist() for line in ax.get_lines()}
+        assert sorted(lines) == ["selection=deita", "selection=random"]
+        assert [x for x, _ in lines["selection=random"]] == [8, 16]  # sorted by budget
+    html = summary_html(collect_rows(jobs, overrides), points)
+    assert_self_contained(html)
+    ((_, png),) = embedded_images(html)
+    assert_drawn(png)
+    assert html.count("<tr>") == 1 + len(jobs)  # the table: header + one row per job
+
+
+def test_budget_only_sweep_names_the_line_by_method_and_a_select_only_sweep_plots_nothing(tmp_path):
+    select = lambda b: {"budget": b, "selected_rows": b, "config": {"selection": {"method": "deita"}}}
+    jobs = [_job(tmp_path, str(b), {"select": select(b), "sft": {"metrics": {"train_loss": 1.0 / b}}}) for b in (8, 16)]
+    points = loss_points(jobs, [[f"selection.budget={b}"] for b in (8, 16)])
+    assert [p["line"] for p in points] == ["deita", "deita"]
+    only_select = [_job(tmp_path / "s", str(b), {"select": select(b)}) for b in (8, 16)]
+    points = loss_points(only_select, [[f"selection.budget={b}"] for b in (8, 16)])
+    assert loss_figure(points) is None
+    html = summary_html(collect_rows(only_select), points)
+    assert "nothing to plot" in html and "<img" not in html
+
+
 # ---------------------------------------------------------------------------------------------------
 # Real sweeps through train.py -m
 # ---------------------------------------------------------------------------------------------------
@@ -97,6 +144,9 @@ def test_budget_sweep_scores_and_embeds_once(tmp_path, shared_data):
     table = _table(sweep / "sweep_summary.md")
     assert [(r["selection.budget"], r["selected"], r["select cache hits"], r["select cache misses"])
             for r in table] == [("8", "8", "0", "3"), ("16", "16", "3", "0"), ("24", "24", "3", "0")]
+    html = (sweep / "sweep_summary.html").read_text()  # no training stage: the table, no plot
+    assert_self_contained(html)
+    assert "<img" not in html and html.count("<tr>") == 4
 
 
 def test_sft_sweep_reports_train_loss_per_budget(tmp_path, shared_data):
@@ -114,6 +164,30 @@ def test_sft_sweep_reports_train_loss_per_budget(tmp_path, shared_data):
         assert sft["train_rows"] == budget and sft["metrics"]["global_steps"] == budget // 4
         assert math.isfinite(float(table[str(budget)]["sft train_loss"]))
         assert float(table[str(budget)]["sft train_loss"]) == round(sft["metrics"]["train_loss"], 4)
+    html = (sweep / "sweep_summary.html").read_text()
+    assert_self_contained(html)
+    ((_, png),) = embedded_images(html)
+    assert_drawn(png)
+
+
+@pytest.mark.slow
+def test_method_sweep_plots_one_line_per_method(tmp_path, shared_data):
+    args = ["-m", "recipe=tiny", "selection=random,length", "selection.budget=8,16", "stages=[select,sft,eval]",
+            "logger=none", *shared_paths(tmp_path, shared_data), _pool(shared_data, 40), "sft.max_length=128",
+            "sft.global_batch_size=4", "eval.limit=2"]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    sweep = tmp_path / "runs" / "tiny"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    points = loss_points(jobs, [[part for part in job.name.split(",") if part.startswith("selection")] for job in jobs])
+    assert sorted((p["line"], p["budget"]) for p in points) == [
+        ("selection=length", 8), ("selection=length", 16), ("selection=random", 8), ("selection=random", 16)]
+    assert all("sft/train_loss" in p and "eval/heldout_loss" in p for p in points)
+    html = (sweep / "sweep_summary.html").read_text()
+    assert_self_contained(html)
+    ((_, png),) = embedded_images(html)
+    assert_drawn(png)
+    assert html.count("<tr>") == 5
 
 
 def test_relaunch_command_round_trips_overrides_and_run_dir(tmp_path):
