@@ -102,6 +102,7 @@ def run(cfg: DictConfig) -> None:
     from deita.data.errors import DataError
     from deita.distributed import env_dist
     from deita.hub import HubError
+    from deita.pipeline import StageInputError
     from deita.rundir import RunDirBusy, remove_if_unused
     from deita.validate import ConfigError
 
@@ -110,7 +111,7 @@ def run(cfg: DictConfig) -> None:
     except RunDirBusy as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, StageInputError) as err:
         print(f"error: {err}{shared_data_hint(cfg, err)}", file=sys.stderr)
         if env_dist().rank == 0:
             remove_if_unused(cfg.run_dir)

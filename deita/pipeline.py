@@ -8,6 +8,12 @@ the same fingerprint is skipped; otherwise it runs in ``<run_dir>/.<stage>.parti
 an interrupted training run finds its checkpoints and resumes) and the main process renames that folder
 into place only after writing the manifest, so a crash never leaves a half artifact that looks finished.
 Because a fingerprint includes its upstream fingerprints, re-running a stage re-runs everything after it.
+A stage that fails before writing any file leaves no partial folder.
+
+The manifest also lists every artifact file with its size and hash (:mod:`deita.artifacts`). A skip
+checks them first: when one is missing or changed, the stage runs again and the log says which file. An
+upstream stage that is read from the run dir without being in ``stages`` is checked the same way, and a
+damaged one is an error that names the file.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from deita import stages
-from deita.distributed import DistInfo, barrier, init_distributed
+from deita.artifacts import artifact_problem, list_artifacts
+from deita.distributed import DistInfo, barrier, gather_concat, init_distributed
 from deita.fingerprint import hash_file, hash_json
 from deita.io import write_json_atomic
 
@@ -34,6 +41,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("deita", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed",
                     "hydra-core", "omegaconf", "wandb", "numpy", "sentence-transformers")
+
+
+class StageInputError(RuntimeError):
+    """A stage's upstream output is neither in this run nor finished (and intact) in the run dir."""
 
 
 @dataclass
@@ -98,6 +109,13 @@ def read_manifest(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def damaged_artifact(stage_dir: Path, manifest: dict) -> str | None:
+    """Which file listed in a finished stage's manifest is missing or changed; None when all are intact
+    (or the manifest predates artifact lists)."""
+    listed = manifest.get("artifacts")
+    return None if listed is None else artifact_problem(stage_dir, listed)
+
+
 def select_subtrees(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
     """The resolved config subtrees named by dotted ``keys``."""
     out = {}
@@ -148,17 +166,25 @@ def find_upstream(cfg: DictConfig, stage: stages.Stage, run_dir: Path,
     order = stages.names()
     dirs, found = {}, {}
     for name in sorted(required + optional, key=order.index):
-        manifest = manifests.get(name) or read_manifest(run_dir / name)
+        manifest = manifests.get(name)
+        if manifest is None:
+            manifest = read_manifest(run_dir / name)
+            damage = damaged_artifact(run_dir / name, manifest) if manifest is not None else None
+            if damage:
+                raise StageInputError(
+                    f"stage '{stage.name}' reads the output of stage '{name}' from {run_dir / name}, but {damage}; "
+                    f"add '{name}' to stages to run it again"
+                )
         if manifest is None:
             if name in required:
-                raise RuntimeError(
+                raise StageInputError(
                     f"stage '{stage.name}' needs the output of stage '{name}', which is neither in stages="
                     f"{list(cfg.stages)} nor finished in {run_dir / name}; add '{name}' to stages"
                 )
             continue
         dirs[name], found[name] = run_dir / name, manifest
     if stage.reads_model and not set(found) & set(stages.model_stages()):
-        raise RuntimeError(
+        raise StageInputError(
             f"stage '{stage.name}' needs a model from one of the stages {stages.model_stages()}, none of which "
             f"is in stages={list(cfg.stages)} or finished in {run_dir}; add one to stages"
         )
@@ -173,9 +199,14 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
     final = run_dir / stage.name
     existing = read_manifest(final)
     if existing is not None and existing.get("fingerprint") == fingerprint:
+        # the main process checks the files, every rank follows its verdict
+        damage = gather_concat([damaged_artifact(final, existing) if dist.is_main else None])[0]
+        if damage is None:
+            if dist.is_main:
+                log.info("stage %s: unchanged (fingerprint %s), skipped", stage.name, fingerprint)
+            return existing
         if dist.is_main:
-            log.info("stage %s: unchanged (fingerprint %s), skipped", stage.name, fingerprint)
-        return existing
+            log.warning("stage %s: unchanged inputs, but %s; running it again", stage.name, damage)
 
     work = run_dir / f".{stage.name}.partial-{fingerprint}"
     if dist.is_main:
@@ -205,6 +236,7 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
         **counts,
     }
     if dist.is_main:
+        manifest["artifacts"] = list_artifacts(work, exclude=(MANIFEST,))
         write_json_atomic(work / MANIFEST, manifest, sort_keys=True)
         _finalize(work, final)
         log.info("stage %s: done in %.1f s -> %s", stage.name, wall, final)
