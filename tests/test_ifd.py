@@ -36,6 +36,55 @@ def test_prompts():
     assert P.render_prompt("Do", "", "alpaca").endswith("### Instruction:\nDo\n\n### Response:")
 
 
+#: The references' prompts, written out: Cherry_LLM data_analysis.py (stanford_alpaca's PROMPT_DICT) and
+#: Superfiltering code_ifd/data_analysis.py (PROMPT_DICT_NONE); the with-input one iff input != "".
+REFERENCE_PROMPTS = {
+    "alpaca": ("Below is an instruction that describes a task, paired with an input that provides further "
+               "context. Write a response that appropriately completes the request.\n\n"
+               "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:",
+               "Below is an instruction that describes a task. Write a response that appropriately completes "
+               "the request.\n\n### Instruction:\n{instruction}\n\n### Response:"),
+    "none": ("{instruction}\n{input}\n", "{instruction}\n"),
+}
+ALPACA_RECORDS = [
+    {"instruction": "Translate the sentence to French.", "input": "Good morning, friend.", "output": "Bonjour, ami."},
+    {"instruction": "Give one tip for sleeping well.", "input": "", "output": "Keep a fixed bedtime."},
+]
+
+
+def _reference_prompt(record: dict, prompt: str) -> str:
+    with_input, no_input = REFERENCE_PROMPTS[prompt]
+    return (with_input if record["input"] != "" else no_input).format_map(record)
+
+
+@pytest.mark.parametrize("method", ["ifd", "superfilter"])
+def test_alpaca_rows_build_the_reference_prompts_byte_for_byte(method, tiny, tmp_path):
+    """Rows read through the data layer give IFD (Cherry) and Superfiltering the references' prompts, the
+    with-input one for the row with an input, and the conditional token ids the references score."""
+    import json
+
+    from deita.data.fields import row_fields
+    from deita.data.loading import load_rows
+    from deita.selection.methods.ifd import IfdSelectionConfig, SuperfilterSelectionConfig
+
+    tok, _ = tiny
+    cfg = IfdSelectionConfig() if method == "ifd" else SuperfilterSelectionConfig()
+    (tmp_path / "alpaca.json").write_text(json.dumps(ALPACA_RECORDS))
+    rows = load_rows(str(tmp_path / "alpaca.json")).rows
+    for record, row in zip(ALPACA_RECORDS, rows):
+        instruction, inp, output = row_fields(row)
+        prompt = P.render_prompt(instruction, inp, cfg.prompt)
+        assert prompt == _reference_prompt(record, cfg.prompt)
+        (cond, start), _ = P.ifd_sequences(tok, instruction, inp, output, prompt=cfg.prompt,
+                                           max_length=cfg.max_length, direct=cfg.direct)
+        whole = _reference_prompt(record, cfg.prompt) + record["output"]
+        assert cond == tok.encode(whole, truncation=True, max_length=cfg.max_length)
+        assert start == len(tok.encode(whole[: whole.rfind(record["output"])]))
+    joined = {"id": "j", "messages": rows[0]["messages"]}  # no split (a messages row): the no-input prompt
+    assert P.render_prompt(*row_fields(joined)[:2], cfg.prompt) == REFERENCE_PROMPTS[cfg.prompt][1].format(
+        instruction="Translate the sentence to French.\n\nGood morning, friend.")
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_llama):
     import torch

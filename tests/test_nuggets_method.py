@@ -56,3 +56,53 @@ def test_scoring_leaves_gradients_on_for_the_process(tmp_path, tiny_llama):
     _, model = load_scoring_model(str(tiny_llama), NuggetsSelectionConfig(model="tiny", mode="clean"))
     assert torch.is_grad_enabled()
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def _alpaca_pool(shared_data, with_input: int, without_input: int) -> list[dict]:
+    """Short records of the shared Alpaca demo file: ``with_input`` that have an input, then ``without_input``
+    that have none, interleaved so anchors drawn at random get both kinds."""
+    raw = json.loads((shared_data / "instruct" / "llamafactory_alpaca_en_demo.json").read_text())
+    short = [r for r in raw if len(r["output"]) < 300 and len(r["instruction"]) < 120 and len(r["input"]) < 120]
+    a = [r for r in short if r["input"]][:with_input]
+    b = [r for r in short if not r["input"]][:without_input]
+    mixed = [x for pair in zip(a, b) for x in pair] + a[len(b):] + b[len(a):]
+    return [{"instruction": r["instruction"], "input": r["input"], "output": r["output"]} for r in mixed]
+
+
+def test_pipeline_golden_scores_equal_the_python_api_faithful_path_on_alpaca_rows_with_inputs(
+        tmp_path, shared_data, tiny_llama):
+    """train.py (data layer → canonical rows → select stage) and the Python API on the raw Alpaca records
+    (the reference's view: instruction, input, output) score every row alike, the rows with an input
+    included: the data layer keeps the split, so the ``Input:`` block of the reference prompt survives."""
+    import pandas as pd
+
+    from deita.cache import ContentCache
+    from deita.distributed import DistInfo
+    from deita.selection.base import SELECTORS, SelectionContext
+    from tests.helpers import run_train, shared_paths
+
+    records = _alpaca_pool(shared_data, 7, 5)
+    pool = tmp_path / "alpaca.json"
+    pool.write_text(json.dumps(records))
+    args = ["recipe=tiny", "logger=none", "stages=[select]", "selection=nuggets", f"selection.model={tiny_llama}",
+            "selection.mode=faithful", "selection.anchors.method=random", "selection.anchors.k=5",
+            "selection.threshold=null", "selection.top_k=4", "selection.budget=-1",
+            f"data.pool=[{{path: {pool}}}]", *shared_paths(tmp_path, shared_data)]
+    proc = run_train(args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    select = next((tmp_path / "runs" / "tiny").iterdir()) / "select"
+    table = pd.read_parquet(select / "scores.parquet")
+    assert list(table["id"]) == [f"alpaca:{i}" for i in range(len(records))]
+
+    nuggets = SELECTORS.get("nuggets")
+    cfg = nuggets.config_class(model="tiny", mode="faithful", threshold=None, top_k=4)
+    cfg.anchors.method, cfg.anchors.k = "random", 5
+    ctx = SelectionContext(cache=ContentCache(tmp_path / "api-cache"), dist=DistInfo(), data_fingerprint="raw",
+                           model_resolver=lambda ref: str(tiny_llama))
+    api = nuggets(cfg).rank(records, ctx, None).table
+
+    has_input = np.array([r["input"] != "" for r in records])
+    assert has_input.sum() == 7 and has_input[np.asarray(api["is_anchor"])].any()  # inputs in candidates and anchors
+    assert list(table["is_anchor"]) == api["is_anchor"]
+    assert list(table["golden_score"]) == api["golden_score"]
+    assert list(table["anchor_wins"]) == api["anchor_wins"]

@@ -360,3 +360,19 @@ def test_alpaca_split_reaches_the_template_through_trls_sft_data_path(tiny_llama
         runs = [tok.decode(r, skip_special_tokens=False, clean_up_tokenization_spaces=False)
                 for r in _labelled_runs(ids, labels)]
         assert runs == [want[tuple(ids)]["output"] + EOS]
+
+
+def test_heldout_loss_encodes_alpaca_rows_as_sft_does(tiny_llama, tmp_path):
+    """The eval stage's held-out rows get the same template variables as SFT: the reference prompt."""
+    from transformers import AutoTokenizer
+
+    from deita.data.templates import template_kwargs
+    from deita.evaluation.heldout import encode_row
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    apply_template(tok, "alpaca")
+    row = _alpaca_rows(tmp_path)[0]
+    ids, labels = encode_row(tok, row["messages"], None, **template_kwargs(row))
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    assert ids == bos + tok.encode(_stanford_alpaca_text(ALPACA_RECORDS[0]), add_special_tokens=False)
+    assert tok.decode([t for t in labels if t != -100]) == "5" + EOS

@@ -3,11 +3,13 @@ single instruction and its answer (Nuggets, IFD/Superfiltering).
 
 Mapping of a canonical row ``{"id", "messages"}``:
 
-* instruction = the whole content of the FIRST user message;
-* input = the row's explicit ``input`` key when present, else ``""``. The data layer joins an
-  Alpaca ``input`` into the user content with ``"\\n\\n"``; that join cannot be undone reliably, so such a
-  row is rendered with the joined text as its instruction and no ``Input:`` block unless the row also
-  carries ``input`` (then ``instruction`` is taken from the row's ``instruction`` key when present);
+* rows read from Alpaca-style sources (``alpaca``, ``self_instruct``) carry the split of their first user
+  turn (:func:`deita.data.formats.instruction_split`): instruction and input are that split, verbatim, so
+  each method rebuilds its reference prompt exactly (Nuggets' ``Input:`` block, Cherry's "paired with an
+  input" prompt, Superfiltering's ``"{instruction}\\n{input}\\n"``);
+* rows without a split (ShareGPT, messages, LLaMA-Factory rows with ``history``): instruction = the whole
+  content of the FIRST user message, input = ``""`` (so the no-input prompt, with any input the source had
+  joined into the user text);
 * output = the content of the FIRST assistant message.
 
 Values are returned as stored (Nuggets strips them when it renders its template; IFD uses them as given).
@@ -18,6 +20,8 @@ Rows with an ``instruction``/``input``/``output`` triple (raw Alpaca) are accept
 from __future__ import annotations
 
 from typing import Any
+
+from deita.data.formats import instruction_split
 
 
 def row_fields(row: dict[str, Any], index: int | None = None) -> tuple[str, str, str]:
@@ -36,7 +40,7 @@ def row_fields(row: dict[str, Any], index: int | None = None) -> tuple[str, str,
     if user is None or assistant is None:
         roles = [m.get("role") for m in messages]
         raise ValueError(f"{where}: Nuggets needs a user and an assistant message, found roles {roles}")
-    if "input" in row and row["input"] is not None:
-        instruction = str(row.get("instruction", user["content"]))
-        return instruction, str(row["input"]), str(assistant["content"])
+    split = instruction_split(row)
+    if split is not None:
+        return split[0], split[1], str(assistant["content"])
     return str(user["content"]), "", str(assistant["content"])

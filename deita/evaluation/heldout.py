@@ -40,12 +40,15 @@ def pick_heldout(pool_rows: list[dict], selected: dict[str, bool], cap: int, see
     return [pool_rows[i] for i in held]
 
 
-def encode_row(tok, messages: list[dict], max_length: int | None, where: str = "row") -> tuple[list[int], list[int]]:
+def encode_row(tok, messages: list[dict], max_length: int | None, where: str = "row",
+               **variables) -> tuple[list[int], list[int]]:
     """Token ids of a chat-templated conversation and labels that keep only assistant tokens.
 
     Needs ``{% generation %}`` markers in the chat template (what SFT's assistant-only loss reads).
+    ``variables``: extra template variables, as SFT passes them (:func:`deita.data.templates.template_kwargs`).
     """
-    enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                  **variables)
     ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     if len(ids) != len(mask):
         raise RuntimeError(f"{where}: {len(ids)} tokens but an assistant mask of {len(mask)}")
@@ -64,12 +67,14 @@ def heldout_loss(model, tok, rows: list[dict], *, max_length: int | None, dist: 
     """
     from tqdm.auto import tqdm
 
+    from deita.data.templates import template_kwargs
     from deita.models.batching import fixed_groups
     from deita.models.forward import token_logprobs
     from deita.models.loading import pad_id_of
 
     dist = dist or DistInfo()
-    encoded = [encode_row(tok, r["messages"], max_length, where=f"held-out row {r['id']!r}") for r in rows]
+    encoded = [encode_row(tok, r["messages"], max_length, where=f"held-out row {r['id']!r}", **template_kwargs(r))
+               for r in rows]
     scored = [(ids, [t for t in range(1, len(ids)) if labels[t] != IGNORE]) for ids, labels in encoded]
     groups = fixed_groups([len(ids) for ids, _ in encoded], batch_size)
     pad = pad_id_of(tok)

@@ -15,8 +15,12 @@ Which tokens are scored (each from the logits of the position before it, as HF `
   scored from ``len(tok.encode("### Response:"))``.
 
 Prompts: Cherry uses the Alpaca training template (``prompt="alpaca"``), Superfiltering ``"none"``:
-``"{instruction}\\n{input}\\n"`` or ``"{instruction}\\n"``. A row with nothing to score gets NaN (never
-selected); the references write 0 or skip it.
+``"{instruction}\\n{input}\\n"`` or ``"{instruction}\\n"``, the with-input one iff ``input != ""`` (fields as
+given, not stripped, as both references). Rows map to the fields with :func:`deita.data.fields.row_fields`:
+rows read from Alpaca-style sources keep their instruction/input split, so the references' with-input
+prompts are built byte for byte; rows without a split (ShareGPT, messages) use their first user turn as
+the instruction and the no-input prompt. A row with nothing to score gets NaN (never selected); the
+references write 0 or skip it.
 """
 
 from __future__ import annotations

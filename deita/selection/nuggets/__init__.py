@@ -8,7 +8,10 @@ For a candidate ``c`` and a set of anchors (predefined tasks) ``A_1..A_M`` drawn
 
 Text format (``prompts.py``, verbatim from the reference ``tasks/alpaca.py``):
 ``"Instruction:\\n{instruction}\\nInput:\\n{input}\\nResponse:\\n"`` (or without the Input part), then the
-output; fields stripped; no EOS, no separator between demonstration and anchor.
+output; fields stripped; no EOS, no separator between demonstration and anchor. Rows map to the fields with
+:func:`deita.data.fields.row_fields`: rows read from Alpaca-style sources keep their instruction/input split,
+so a row with an input gets its ``Input:`` block exactly as in the reference; rows without a split
+(ShareGPT, messages) use their first user turn as the instruction, with no ``Input:`` block.
 
 Two modes (``mode=`` in :class:`deita.selection.methods.nuggets.NuggetsSelectionConfig`):
 
