@@ -46,6 +46,10 @@ class DataSource:
     """Record format (alpaca, sharegpt, openai, self_instruct, preference, hh, ...); auto detects it."""
     split: str = "train"
     """Split to read when the source is a hub dataset."""
+    revision: Optional[str] = None
+    """Hub dataset revision (commit, branch or tag) to load; null: the default branch. Either way the
+    commit the local Hugging Face cache resolves it to joins the stage fingerprint, so a dataset updated
+    upstream re-runs the stages that read it."""
     limit: Optional[int] = None
     """Read only the first ``limit`` usable records (null: all)."""
     on_error: str = "raise"

@@ -1,10 +1,17 @@
-"""Stable content fingerprints for files, configs and models: the keys of caching and stage skipping."""
+"""Stable content fingerprints for files, configs and models: the keys of caching and stage skipping.
+
+Hub references carry their revision when it is given or resolvable offline: the commit a name (or a
+branch or tag) points to in the local Hugging Face cache (``refs/<revision>``), or the commit in a local
+snapshot path (``.../models--org--name/snapshots/<commit>``). A hub model or dataset updated upstream
+and downloaded again is therefore a new fingerprint, not a cache hit on the old one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +40,53 @@ def hash_rows(rows: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def model_identity(path_or_name: str) -> dict:
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_revision(repo_id: str, repo_type: str = "model", revision: str | None = None) -> str | None:
+    """The revision a hub reference stands for: a full commit hash as given; else the commit that
+    ``revision`` (default ``main``) points to in the local Hugging Face cache; else ``revision`` as given
+    (a branch or tag not downloaded yet); None when nothing is known. Never touches the network."""
+    if revision and _COMMIT.match(revision):
+        return revision
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    folder = Path(HF_HUB_CACHE) / f"{repo_type}s--{str(repo_id).replace('/', '--')}"
+    try:
+        commit = (folder / "refs" / (revision or "main")).read_text().strip()
+    except (OSError, ValueError):
+        commit = ""
+    return commit or revision or None
+
+
+def snapshot_revision(path: str | os.PathLike) -> str | None:
+    """The commit of a folder inside a Hugging Face cache snapshot (``.../snapshots/<commit>/...``), else None."""
+    parts = Path(path).parts
+    for i in range(1, len(parts) - 1):
+        if parts[i] == "snapshots" and _COMMIT.match(parts[i + 1]) and parts[i - 1].startswith(("models--", "datasets--")):
+            return parts[i + 1]
+    return None
+
+
+def model_identity(path_or_name: str, revision: str | None = None) -> dict:
     """What identifies a model for caching.
 
     A local folder is identified by its config, tokenizer files and the size plus head/tail bytes of
-    each weight file (hashing 14 GB of weights on every run would cost minutes); a hub name by itself.
+    each weight file (hashing 14 GB of weights on every run would cost minutes), plus its commit when it
+    is a Hugging Face cache snapshot; a hub name by itself plus its revision (:func:`hub_revision`:
+    ``revision`` if given, else what the local cache resolves ``main`` to) when one is known.
     """
     p = Path(path_or_name)
     if not p.is_dir():
-        return {"name": str(path_or_name)}
+        ident_hub: dict[str, Any] = {"name": str(path_or_name)}
+        rev = hub_revision(str(path_or_name), "model", revision)
+        if rev:
+            ident_hub["revision"] = rev
+        return ident_hub
     ident: dict[str, Any] = {"name": p.name}
+    rev = snapshot_revision(p.resolve()) or snapshot_revision(p)
+    if rev:
+        ident["revision"] = rev
     for f in sorted(p.iterdir()):
         if not f.is_file():
             continue

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from deita import stages
 from deita.artifacts import artifact_problem, list_artifacts
 from deita.distributed import DistInfo, barrier, gather_concat, init_distributed
-from deita.fingerprint import hash_file, hash_json
+from deita.fingerprint import hash_file, hash_json, hub_revision
 from deita.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -64,28 +64,37 @@ class StageContext:
 
 
 def source_fingerprint(source: Any) -> dict:
-    """Identify a data source by content: file bytes for local files and folders, the name for hub data."""
+    """Identify a data source by content: file bytes for local files and folders; for hub data the name and
+    its revision (given, or the commit the local Hugging Face cache resolves; :func:`deita.fingerprint.hub_revision`)."""
     from deita.data.errors import reading
 
     path = Path(str(source.path))
-    options = {k: source[k] for k in source if k != "path"}
+    options = {k: source[k] for k in source if k not in ("path", "revision")}
     with reading(str(path)):  # an unreadable file is a data error (one line naming it), not a traceback
         if path.is_file():
             return {"file": path.name, "sha256": hash_file(path), **options}
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file())
             return {"dir": path.name, "sha256": hash_json([[str(p.relative_to(path)), hash_file(p)] for p in files]), **options}
-    return {"hub": str(source.path), **options}
+    revision = hub_revision(str(source.path), "dataset", source.get("revision"))
+    return {"hub": str(source.path), **options, **({"revision": revision} if revision else {})}
 
 
 def model_fingerprint(ref: str) -> Any:
-    """A local model folder by content (config, tokenizer, weight sizes and bytes); anything else by name.
+    """A local model folder by content (config, tokenizer, weight sizes and bytes); a hub name by name and
+    the commit the local Hugging Face cache resolves it to, when it is there; anything else by name.
 
     ``tiny:`` and ``packaged:`` references build deterministically, so their name identifies them.
     """
     from deita.fingerprint import model_identity
 
-    return model_identity(ref) if Path(str(ref)).is_dir() else str(ref)
+    ref = str(ref)
+    if Path(ref).is_dir():
+        return model_identity(ref)
+    if ref.startswith(("tiny:", "packaged:")):
+        return ref
+    revision = hub_revision(ref, "model")
+    return {"name": ref, "revision": revision} if revision else ref
 
 
 def package_versions() -> dict[str, str]:
@@ -245,17 +254,25 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, dict]:
-    """Run ``cfg.stages`` in pipeline order in ``run_dir`` (default: the Hydra run dir)."""
+    """Run ``cfg.stages`` in pipeline order in ``run_dir`` (default: the Hydra run dir); each rank also logs
+    to ``<run_dir>/logs/rank<N>.log`` (:mod:`deita.logs`)."""
+    from deita.logs import rank_log
+
     dist = init_distributed()
     run_dir = Path(run_dir or cfg.run_dir)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     manifests: dict[str, dict] = {}
-    for stage in stages.in_pipeline_order(cfg.stages):
-        manifests[stage.name] = run_stage(cfg, stage, run_dir, manifests, dist)
-    if dist.is_main:  # the last lines of the log repeat what a stage warned about (e.g. a short selection)
-        for name, manifest in manifests.items():
-            for warning in manifest.get("warnings", []):
-                log.warning("run finished; stage %s warned: %s", name, warning)
+    with rank_log(run_dir, dist.rank, dist.world_size):
+        for stage in stages.in_pipeline_order(cfg.stages):
+            try:
+                manifests[stage.name] = run_stage(cfg, stage, run_dir, manifests, dist)
+            except Exception as err:  # this rank's own log says how it ended; the caller reports or re-raises
+                log.error("stage %s stopped on rank %d: %s: %s", stage.name, dist.rank, type(err).__name__, err)
+                raise
+        if dist.is_main:  # the last lines of the log repeat what a stage warned about (e.g. a short selection)
+            for name, manifest in manifests.items():
+                for warning in manifest.get("warnings", []):
+                    log.warning("run finished; stage %s warned: %s", name, warning)
     return manifests

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 LOCK = ".lock"
 HELD_ENV = "DEITA_RUN_LOCK_HELD"
 """Set (to the run dir) for the processes a lock holder launches: they run under its lock."""
-HYDRA_ENTRIES = (".hydra",)
-"""What Hydra writes into a run dir before our code runs (plus ``*.log`` files)."""
+HYDRA_ENTRIES = (".hydra", "logs")
+"""What a run writes into its run dir before any stage does: Hydra's ``.hydra/`` and the per-rank
+``logs/`` (:mod:`deita.logs`), plus ``*.log`` files."""
 
 
 class RunDirBusy(RuntimeError):

@@ -66,6 +66,9 @@ def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data)
         assert _manifest(run_dir, stage)["world_size"] == 2
     assert _manifest(run_dir, "sft")["distributed_type"] == "DistributedType.MULTI_CPU"
     assert _manifest(run_dir, "dpo")["distributed_type"] == "DistributedType.MULTI_CPU"
+    logs = {rank: (run_dir / "logs" / f"rank{rank}.log").read_text() for rank in (0, 1)}  # one file per rank
+    assert "[rank 1]" in logs[1] and "rank 1 of 2" in logs[1] and "[rank 0]" not in logs[1]
+    assert "stage select: done" in logs[0] and "stage dpo: done" in logs[0]
 
 
 def test_multirun_writes_one_deterministic_dir_per_job(tmp_path, shared_data):

@@ -131,7 +131,7 @@ def test_a_stage_that_fails_before_writing_a_file_leaves_no_partial_dir(fake_sta
     crash["stage"] = "sft at once"
     with pytest.raises(RuntimeError, match="before writing"):
         pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["select"]  # no .sft.partial-* left
+    assert sorted(p.name for p in run_dir.iterdir()) == ["logs", "select"]  # no .sft.partial-* left
 
 
 def test_stage_without_its_upstream_is_an_error(fake_stages, tmp_path):
@@ -215,3 +215,23 @@ def test_registry_rejects_unknown_upstreams_and_cycles(monkeypatch, declared, me
     use_stages(monkeypatch, *[Stage(name, lambda cfg, ctx: {}, "", requires=up) for name, up in declared.items()])
     with pytest.raises(ValueError, match=message):
         stages.pipeline_order()
+
+
+def test_each_rank_logs_to_its_own_file_in_the_run_dir(fake_stages, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)  # what train.py's logging config sets
+    calls, crash = fake_stages
+    pool = tmp_path / "pool.json"
+    pool.write_text("[1]")
+    run_dir = tmp_path / "run"
+    pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    assert "[rank 0]" in log and "rank 0 of 1" in log and "stage dpo: done" in log
+    crash["stage"] = "dpo"
+    pool.write_text("[2]")
+    with pytest.raises(RuntimeError, match="dpo crashed"):
+        pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    assert "stage dpo: done" in log and "stage dpo stopped on rank 0: RuntimeError: dpo crashed" in log  # appended
+    assert not any(type(h).__name__ == "RankFileHandler" for h in logging.getLogger().handlers)  # detached

@@ -24,7 +24,7 @@ def test_sources_of_every_spelling_concatenate_in_order(tmp_path):
     assert [r["id"] for r in loaded.rows] == ["a0", "a1", "b0", "b1", "b2", "b3", "c0", "c1"]
     assert loaded.rows_per_source == {str(a): 2, str(b): 4, str(c): 2} and loaded.skipped == 0
     assert source_options({"path": str(a)}) == {"path": str(a), "format": "auto", "split": "train",
-                                                 "on_error": "raise", "limit": None}
+                                                 "revision": None, "on_error": "raise", "limit": None}
 
 
 def test_on_error_override_skips_and_counts(tmp_path):

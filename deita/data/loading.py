@@ -211,7 +211,7 @@ def looks_local(source: str) -> bool:
     return source.endswith(DATA_SUFFIXES) or source.startswith((".", "/", "~")) or os.path.lexists(source)
 
 
-def _hub_records(source: str, split: str) -> Iterator[_Raw]:
+def _hub_records(source: str, split: str, revision: str | None = None) -> Iterator[_Raw]:
     """Records of a hub dataset; a name that cannot be one, or one that fails to load, is a DataError."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -224,7 +224,7 @@ def _hub_records(source: str, split: str) -> Iterator[_Raw]:
     from datasets import load_dataset
 
     try:
-        ds = load_dataset(source, split=split)
+        ds = load_dataset(source, split=split, revision=revision)
     except (OSError, ValueError) as e:  # not found, offline, gated, unknown split, ...
         raise DataError(f"no such local file or folder, and the hub dataset cannot be loaded ({one_line(e)})",
                         file=source) from None
@@ -236,7 +236,7 @@ def _missing(source: str, path: Path) -> DataError:
     return DataError(f"no such file or folder{where}", file=source)
 
 
-def iter_records(source: str, split: str = "train") -> Iterator[_Raw]:
+def iter_records(source: str, split: str = "train", revision: str | None = None) -> Iterator[_Raw]:
     """Raw records of ``source`` in order, each with its file label, stem, index and line.
 
     A source that cannot be read as a whole (missing, permission denied, not a regular file or folder,
@@ -245,7 +245,7 @@ def iter_records(source: str, split: str = "train") -> Iterator[_Raw]:
     """
     path = Path(os.path.expanduser(source))
     if not looks_local(source):
-        return _hub_records(source, split)
+        return _hub_records(source, split, revision)
     with reading(source):
         if not path.exists():
             raise _missing(source, path)
@@ -273,9 +273,11 @@ def load_rows(
     split: str = "train",
     on_error: str = "raise",
     limit: int | None = None,
+    revision: str | None = None,
 ) -> LoadResult:
     """Canonical rows of ``source`` (a .json/.jsonl/.jsonl.gz/.json.gz/.parquet file, a folder of
-    such files, a ``datasets.save_to_disk`` folder, or a hub dataset name loaded with ``split``).
+    such files, a ``datasets.save_to_disk`` folder, or a hub dataset name loaded with ``split`` at
+    ``revision``, a commit, branch or tag; None: the default branch).
 
     ``kind`` is ``sft``, ``preference``, ``prompts`` or ``auto`` (the kind of the first good record's
     format). ``fmt`` forces a format name from ``FORMATS``; ``auto`` detects it per record by its keys
@@ -301,7 +303,7 @@ def load_rows(
     seen: dict[str, tuple[str, int]] = {}
     file_fmt: Format | None = forced
     skipped, first_error = 0, None
-    for raw in iter_records(source, split):
+    for raw in iter_records(source, split, revision):
         try:
             if raw.error is not None:
                 raise raw.error

@@ -1,7 +1,7 @@
 """A list of configured data sources → canonical rows: the one loop every stage uses to read its data.
 
-A source is a config node (:class:`deita.config.DataSource`: ``path``, ``format``, ``split``, ``on_error``,
-``limit``), a plain dict with those keys, or just a path; keys it leaves out take ``DataSource``'s defaults.
+A source is a config node (:class:`deita.config.DataSource`: ``path``, ``format``, ``split``, ``revision``,
+``on_error``, ``limit``), a plain dict with those keys, or just a path; keys it leaves out take ``DataSource``'s defaults.
 Each source is read by :func:`deita.data.loading.load_rows`; :func:`load_sources` keeps the per-source
 results (eval answers each prompt set on its own) and concatenates their rows.
 """
@@ -40,14 +40,14 @@ class LoadedSources:
 
 
 def source_options(source: Any) -> dict[str, Any]:
-    """``path``, ``format``, ``split``, ``on_error`` and ``limit`` of one source, defaults filled in."""
+    """``path``, ``format``, ``split``, ``revision``, ``on_error`` and ``limit`` of one source, defaults filled in."""
     from deita.config import DataSource
 
     if isinstance(source, (str, os.PathLike)):
         source = {"path": source}
     get = source.get if hasattr(source, "get") else lambda key, default: getattr(source, key, default)
     defaults = {f.name: f.default for f in fields(DataSource)}
-    options = {key: get(key, defaults[key]) for key in ("path", "format", "split", "on_error", "limit")}
+    options = {key: get(key, defaults[key]) for key in ("path", "format", "split", "revision", "on_error", "limit")}
     if options["path"] in (None, "???"):
         raise DataError(f"expected a data source with a 'path', found {source!r:.120}")
     options["path"] = str(options["path"])
@@ -66,7 +66,7 @@ def load_sources(sources: Iterable[Any], kind: str, *, on_error: Optional[str] =
     for n, source in enumerate(sources):
         opts = source_options(source)
         result = load_rows(opts["path"], kind=kind, fmt=opts["format"], split=opts["split"],
-                           on_error=on_error or opts["on_error"], limit=opts["limit"])
+                           revision=opts["revision"], on_error=on_error or opts["on_error"], limit=opts["limit"])
         for row in result.rows if unique_ids else ():
             first = first_source.setdefault(row["id"], n)
             if first != n:
