@@ -125,6 +125,20 @@ def test_dataset_card_says_how_what_and_from_where():
     assert "```bash\npython train.py recipe=demo\n```" in text
 
 
+def test_dataset_rows_keep_the_alpaca_split_when_the_first_selected_row_has_none(tmp_path):
+    """A mixed pool (ShareGPT first, Alpaca after): the parquet has instruction/input columns, null where a
+    row has no split (Dataset.from_list would keep only the first row's keys)."""
+    from datasets import Dataset
+
+    from deita.data.loading import write_jsonl
+
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    write_jsonl([{"id": "a", "messages": msgs}, {"id": "c", "messages": msgs, "instruction": "q", "input": ""}],
+                tmp_path / "selected.jsonl")
+    table = Dataset.from_list(hub_plan.dataset_rows(tmp_path, _scores())).to_list()
+    assert [(r["id"], r["instruction"], r["input"], r["rank"]) for r in table] == [("a", None, None, 0), ("c", "q", "", 2)]
+
+
 def test_dataset_card_has_no_tau_for_a_method_without_one():
     manifest = _select_manifest()
     manifest["config"]["selection"] = {"method": "random", "budget": 3}

@@ -117,7 +117,9 @@ def dataset_rows(select_dir: Path, scores) -> list[dict]:
     rows = read_jsonl(select_dir / "selected.jsonl")
     columns = ["rank", *numeric_columns(scores)]
     by_id = scores.set_index("id")[columns].to_dict("index")
-    return [{**row, **{c: v for c, v in by_id[row["id"]].items() if c not in row}} for row in rows]
+    out = [{**row, **{c: v for c, v in by_id[row["id"]].items() if c not in row}} for row in rows]
+    keys = list(dict.fromkeys(k for row in out for k in row))  # Dataset.from_list keeps the first row's keys only:
+    return [{k: row.get(k) for k in keys} for row in out]  # rows without an Alpaca split get null there
 
 
 def stage_dataset(select_dir: Path, manifest: dict, out: Path, *, repo: str, private: bool, command: str,
