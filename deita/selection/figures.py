@@ -20,7 +20,7 @@ SCATTER_POOL_POINTS = 20_000
 CURVE_POINTS = 2_000
 """At most this many points are drawn per running-count curve (exact at every drawn position)."""
 DISCRETE_VALUES = 12
-"""A column of at most this many distinct integers is drawn as bars per value, not as a histogram."""
+"""A column of at most this many distinct values is drawn as bars per value, not as a histogram."""
 
 
 def finite(values: Any) -> np.ndarray:
@@ -66,25 +66,26 @@ def histogram_columns(columns: dict[str, Any], selected: np.ndarray) -> tuple[li
 
 def score_histogram(pool_values: Any, selected_values: Any, label: str) -> Any:
     """Pool vs selected distribution of one column, each as % of its own rows per bin. A column of at most
-    ``DISCRETE_VALUES`` distinct integers (counts, flags) gets one pair of bars per value."""
+    ``DISCRETE_VALUES`` distinct values (counts, flags, wins out of a few anchors) gets one pair of bars per
+    value."""
     pool, chosen = finite(pool_values), finite(selected_values)
     fig, ax = new_figure()
     values = np.unique(pool)
     pct = lambda arr: np.full(arr.size, 100.0 / max(arr.size, 1))
-    if values.size <= DISCRETE_VALUES and np.all(values == np.round(values)):
+    if values.size <= DISCRETE_VALUES:
         pool_share = [100.0 * np.mean(pool == v) for v in values]
         sel_share = [100.0 * np.mean(chosen == v) if chosen.size else 0.0 for v in values]
         x = np.arange(values.size)
-        ax.bar(x - 0.2, pool_share, width=0.4, color=POOL_COLOR, label=f"pool ({pool.size} rows)")
-        ax.bar(x + 0.2, sel_share, width=0.4, color=SELECTED_COLOR, label=f"selected ({chosen.size} rows)")
-        ax.set_xticks(x, [f"{v:g}" for v in values])
+        ax.bar(x - 0.2, pool_share, width=0.4, color=POOL_COLOR, label=f"pool ({n_rows(pool.size)})")
+        ax.bar(x + 0.2, sel_share, width=0.4, color=SELECTED_COLOR, label=f"selected ({n_rows(chosen.size)})")
+        ax.set_xticks(x, [f"{v:.3g}" for v in values])
         ax.set_ylabel("rows with this value (% of pool / of selection)")
     else:
         bins = np.histogram_bin_edges(pool, bins=min(40, max(10, int(np.sqrt(pool.size)))))
-        ax.hist(pool, bins=bins, weights=pct(pool), color=POOL_COLOR, alpha=0.7, label=f"pool ({pool.size} rows)")
+        ax.hist(pool, bins=bins, weights=pct(pool), color=POOL_COLOR, alpha=0.7, label=f"pool ({n_rows(pool.size)})")
         if chosen.size:
             ax.hist(chosen, bins=bins, weights=pct(chosen), color=SELECTED_COLOR, alpha=0.6,
-                    label=f"selected ({chosen.size} rows)")
+                    label=f"selected ({n_rows(chosen.size)})")
         ax.set_ylabel("rows in bin (% of pool / of selection)")
     ax.set_title(f"{short(label)}: pool vs selected")
     ax.set_xlabel(label)
@@ -105,15 +106,15 @@ def score_scatter(x: Any, y: Any, selected: np.ndarray, x_label: str, y_label: s
     chosen = np.flatnonzero(ok & selected)
     fig, ax = new_figure(7.0, 5.0)
     size = 6 if ok.sum() > 5000 else 14
-    note = f", {shown.size} of {rest.size} shown" if shown.size < rest.size else ""
+    note = f", {shown.size:,} shown" if shown.size < rest.size else ""
     ax.scatter(x[shown], y[shown], s=size, color=POOL_COLOR, alpha=0.5, linewidths=0, rasterized=True,
-               label=f"not selected ({rest.size} rows{note})")
+               label=f"not selected ({n_rows(rest.size)}{note})")
     ax.scatter(x[chosen], y[chosen], s=size * 1.5, color=SELECTED_COLOR, alpha=0.8, linewidths=0, rasterized=True,
-               label=f"selected ({chosen.size} rows)")
-    ax.set_title(f"{short(x_label)} x {short(y_label)}, selected rows highlighted")
+               label=f"selected ({n_rows(chosen.size)})")
+    ax.set_title(f"{short(x_label)} x {short(y_label)}\nselected rows highlighted")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.legend(loc="best")
+    ax.legend(loc="best", framealpha=0.95)
     return fig
 
 
@@ -125,7 +126,7 @@ def nn_similarity(greedy: Any, n_selected: int) -> Optional[Any]:
         return None
     fig, ax = new_figure()
     ax.hist(sims, bins=min(40, max(10, int(np.sqrt(sims.size)))), color=SELECTED_COLOR, alpha=0.8,
-            label=f"selected rows ({sims.size}, the first has no earlier row)")
+            label=f"selected rows ({sims.size:,}; the first has no earlier row)")
     ax.axvline(greedy.tau, color=TAU_COLOR, linestyle="--", linewidth=2, label=f"τ = {greedy.tau:g} (rejected above)")
     lo = min(float(sims.min()), greedy.tau)
     ax.set_xlim(lo - 0.05 * (1.0 - lo + 1e-3), 1.0)
@@ -147,10 +148,10 @@ def rejection_curve(greedy: Any) -> Optional[Any]:
     fig, ax = new_figure()
     step = "steps-post" if pos.size == n else "default"  # every position drawn: exact steps
     ax.plot(pos, pos - rejected, color=SELECTED_COLOR, linewidth=2, drawstyle=step,
-            label=f"kept ({n - greedy.rejected})")
+            label=f"kept ({n - greedy.rejected:,})")
     ax.plot(pos, rejected, color=TAU_COLOR, linewidth=2, drawstyle=step,
-            label=f"rejected by τ = {greedy.tau:g} ({greedy.rejected})")
-    ax.set_title(f"Greedy diversity filter: {greedy.rejected} of {n} scanned rows rejected by τ")
+            label=f"rejected by τ = {greedy.tau:g} ({greedy.rejected:,})")
+    ax.set_title(f"Greedy diversity filter: {greedy.rejected:,} of {n:,} scanned rows rejected by τ")
     ax.set_xlabel("scan position (candidates examined, best score first)")
     ax.set_ylabel("rows (running count)")
     ax.set_xlim(0, n * 1.02 + 1)
@@ -170,8 +171,8 @@ def source_composition(pool_counts: dict[str, int], selected_counts: dict[str, i
     sel_pct = [100.0 * selected_counts.get(s, 0) / n_sel if n_sel else 0.0 for s in names]
     y = np.arange(len(names))
     fig, ax = new_figure(7.0, max(3.2, 1.2 + 0.6 * len(names)))
-    pool_bars = ax.barh(y - 0.2, pool_pct, height=0.4, color=POOL_COLOR, label=f"pool ({n_pool} rows)")
-    sel_bars = ax.barh(y + 0.2, sel_pct, height=0.4, color=SELECTED_COLOR, label=f"selected ({n_sel} rows)")
+    pool_bars = ax.barh(y - 0.2, pool_pct, height=0.4, color=POOL_COLOR, label=f"pool ({n_rows(n_pool)})")
+    sel_bars = ax.barh(y + 0.2, sel_pct, height=0.4, color=SELECTED_COLOR, label=f"selected ({n_rows(n_sel)})")
     ax.bar_label(pool_bars, labels=[str(pool_counts[s]) for s in names], padding=2, fontsize=8)
     ax.bar_label(sel_bars, labels=[str(selected_counts.get(s, 0)) for s in names], padding=2, fontsize=8)
     ax.set_yticks(y, [short(s, 40) for s in names])
@@ -181,6 +182,11 @@ def source_composition(pool_counts: dict[str, int], selected_counts: dict[str, i
     ax.set_xlabel("share of rows (%); bar labels: rows")
     ax.legend(loc="best")
     return fig
+
+
+def n_rows(n: int) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{n} row" if n == 1 else f"{n:,} rows"
 
 
 def short(text: str, width: int = 45) -> str:

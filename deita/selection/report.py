@@ -68,7 +68,7 @@ def build_figures(table, result: SelectionResult, rows: Optional[list[dict]]) ->
 
     def add(name: str, fig: Any, caption: str) -> None:
         if fig is not None:
-            out.append(ReportFigure(name, fig.axes[0].get_title(), caption, png_bytes(fig)))
+            out.append(ReportFigure(name, fig.axes[0].get_title().replace("\n", ", "), caption, png_bytes(fig)))
 
     if len(result.scatter) == 2 and all(c in table for c in result.scatter):
         x, y = result.scatter
