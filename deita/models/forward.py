@@ -52,6 +52,81 @@ def head_logprobs(model, hidden, targets, chunk: int = 128):
     return out
 
 
+def seeded_cache(model, kv, rows: int):
+    """A fresh cache holding the prefix K/V ``kv`` (one ``(keys, values)`` per layer, from a prefill), broadcast (``expand``, a view) to ``rows`` rows.
+
+    The layers' tensors are set directly, so the views are not copied until the forward appends to them.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    if len(cache.layers) != len(kv):
+        raise RuntimeError(f"cache has {len(cache.layers)} layers, the prefill returned {len(kv)}")
+    for layer, (k, v) in zip(cache.layers, kv):
+        k, v = (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) if k.shape[0] != rows else (k, v)
+        if type(layer) is DynamicLayer:  # plain full-attention layer: holding the views is exact
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v
+        else:  # e.g. sliding-window layers keep extra state: let them ingest the K/V themselves
+            layer.update(k, v)
+    return cache
+
+
+def prefill(model, ids):
+    """Keys/values ``[(k, v) per layer]`` and final hidden states ``[1, P, H]`` of one token prefix ``ids``."""
+    import torch
+
+    x = torch.as_tensor([list(ids)], dtype=torch.long, device=next(model.parameters()).device)
+    out = base_model(model)(input_ids=x, use_cache=True)
+    return [(layer.keys, layer.values) for layer in out.past_key_values.layers], out.last_hidden_state
+
+
+class SharedPrefix:
+    """A fixed token prefix that many sequences start with, run through the model once.
+
+    :meth:`split` gives a sequence's own tokens when it starts with exactly these tokens (else None: the
+    caller runs that sequence whole); :meth:`hidden_after` runs right-padded suffixes from the prefix's
+    keys/values (``expand``-ed views, so each row pays only its own tokens) with positions that continue
+    after the prefix. The model sees exactly the tokens and positions of the whole sequence.
+    """
+
+    def __init__(self, model, ids):
+        import torch
+
+        self.model, self.ids = model, [int(t) for t in ids]
+        with torch.inference_mode():
+            self.kv, hidden = prefill(model, self.ids)
+        self.hidden = hidden[0]
+        """Final hidden states of the prefix tokens ``[P, H]`` (the same for every sequence)."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def split(self, seq) -> list[int] | None:
+        """``seq`` without the prefix, or None when ``seq`` does not start with the prefix tokens or has no
+        token of its own."""
+        n = len(self.ids)
+        if len(seq) <= n or list(seq[:n]) != self.ids:
+            return None
+        return list(seq[n:])
+
+    def hidden_after(self, input_ids):
+        """Final hidden states ``[B, T, H]`` of right-padded suffixes ``input_ids`` ``[B, T]`` after the prefix.
+
+        Pads sit at the end of their rows, where the causal mask hides them from every real token, so no
+        padding mask is built.
+        """
+        import torch
+
+        rows, width = input_ids.shape
+        device = self.kv[0][0].device
+        positions = torch.arange(len(self.ids), len(self.ids) + width, device=device).expand(rows, -1)
+        out = base_model(self.model)(input_ids=input_ids.to(device), position_ids=positions,
+                                     past_key_values=seeded_cache(self.model, self.kv, rows), use_cache=True)
+        return out.last_hidden_state
+
+
 def token_logprobs(model, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
                    pad_id: int = 0, progress: bool = False, desc: str = "forwards") -> list[np.ndarray]:
     """log p(ids[t] | ids[:t]) for every chosen position ``t`` of every ``(ids, positions)`` (each t >= 1),

@@ -44,6 +44,10 @@ class DeitaScorerOptions:
     """Scorer weights dtype: float32 (reference), bfloat16 or float16."""
     device: str = "auto"
     """Torch device; 'auto' = this process's GPU when one is visible, else CPU."""
+    prefix_cache: bool = True
+    """Run the template text before the instruction once per scorer and every prompt from its keys/values
+    (each prompt pays only its own tokens). Prompts whose tokens differ from the cached ones at the
+    boundary run whole (counted in the log). Scores move only by float rounding (within 1e-5, tested)."""
 
 
 @dataclass
@@ -176,7 +180,7 @@ class DeitaSelector(Selector):
                 unique, kind, ctx.model_resolver(ref), cache=ctx.cache, data_fingerprint=fingerprint,
                 dist_info=ctx.dist, on_error=self.cfg.on_error, max_length=opts.max_length,
                 max_tokens_per_batch=opts.max_tokens_per_batch, dtype=opts.dtype, device=opts.device,
-                trust_remote_code=self.cfg.trust_remote_code))
+                trust_remote_code=self.cfg.trust_remote_code, prefix_cache=opts.prefix_cache))
         if len(unique) < len(rows):
             cols = {name: [values[j] for j in slot] for name, values in cols.items()}
         return combine_scores(cols)

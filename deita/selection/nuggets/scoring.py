@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from deita.models.forward import base_model, head_logprobs
+from deita.models.forward import base_model, head_logprobs, seeded_cache
 from deita.selection.nuggets.plan import AnchorPlan, length_batches, plan_anchors
 from deita.selection.nuggets.tokens import AnchorTokens
 
@@ -108,27 +108,6 @@ class _Batch:
         return (off + self.rows).reshape(-1), self.cols.repeat(g), self.tgts.repeat(g)
 
 
-def _seeded_cache(model, kv, rows: int):
-    """A fresh cache holding the demonstration K/V, broadcast (``expand``, a view) to ``rows`` rows.
-
-    The layers' tensors are set directly, so the views are not copied until the forward appends to them.
-    """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=model.config)
-    if len(cache.layers) != len(kv):
-        raise RuntimeError(f"cache has {len(cache.layers)} layers, the prefill returned {len(kv)}")
-    for layer, (k, v) in zip(cache.layers, kv):
-        k, v = (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) if k.shape[0] != rows else (k, v)
-        if type(layer) is DynamicLayer:  # plain full-attention layer: holding the views is exact
-            layer.lazy_initialization(k, v)
-            layer.keys, layer.values = k, v
-        else:  # e.g. sliding-window layers keep extra state: let them ingest the K/V themselves
-            layer.update(k, v)
-    return cache
-
-
 def _group_sums(model, seqs: list[list[int]], batches: list[_Batch], n_active: int, pad_id: int, device,
                 accumulate: str):
     """[g, n_active] answer sums of every anchor after each of the ``g`` prefixes in ``seqs`` (one group)."""
@@ -160,7 +139,7 @@ def _group_sums(model, seqs: list[list[int]], batches: list[_Batch], n_active: i
         kwargs = {}
         ids = b.ids if g == 1 else b.ids.repeat(g, 1)
         if kv is not None:
-            kwargs["past_key_values"] = _seeded_cache(
+            kwargs["past_key_values"] = seeded_cache(
                 model, kv if g == 1 else [(k.repeat_interleave(b.n, 0), v.repeat_interleave(b.n, 0)) for k, v in kv],
                 rows,
             )

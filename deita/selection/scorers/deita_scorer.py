@@ -3,6 +3,10 @@
 Score = Σ_{k=1..6} k · softmax(logits of "1".."6") at the position right after the prompt, the value
 the reference computes from ``generate(max_new_tokens=2, output_scores=True).scores[0][0]`` (the first
 generated position's logits under greedy decoding, which applies no logits processor by default).
+
+The template text before ``{instruction}`` is the same for every prompt: its keys/values are computed
+once per scorer and every prompt that starts with its tokens runs only its own tokens from them
+(:func:`template_prefix`; the others run whole).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from deita.models.batching import length_sorted_batches, model_inputs, pad_batch
 from deita.models.forward import final_hidden_states
 from deita.models.loading import load_causal_lm, pad_id_of
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score
+from deita.selection.scorers.prompts import TEMPLATES
 from deita.selection.scorers.truncation import PromptTooLongError, encode_scorer_prompt
 from deita.selection.scorers.turns import ConversationError, conversation_turns
 
@@ -51,16 +56,35 @@ def _check_generation_config(model, path: str) -> None:
                     "reference's generate() would have processed", path, ", ".join(altered))
 
 
+def template_prefix(model, tokenizer, kind: str):
+    """The template head (text before ``{instruction}``) as a :class:`deita.models.forward.SharedPrefix`.
+
+    Its tokens are the head's encoding (with the tokenizer's default special tokens, as the whole prompt)
+    without the last token: that one ends at the boundary, where the head's trailing space usually merges
+    with the instruction's first word in the whole prompt. A prompt is run from the prefix only when its
+    own tokens start with exactly these ids (:meth:`SharedPrefix.split`), so the model sees the same
+    tokens as for the whole prompt; other prompts run whole and are counted. None when no head token is
+    left.
+    """
+    from deita.models.forward import SharedPrefix
+
+    head = TEMPLATES[kind].split("{instruction}", 1)[0]
+    ids = list(tokenizer(head)["input_ids"])[:-1]
+    return SharedPrefix(model, ids) if ids else None
+
+
 class DeitaScorer:
     """A loaded complexity or quality scorer.
 
     ``kind``: 'complexity' or 'quality'; ``max_length``: prompt tokens kept (middle of the text cut, see
-    :mod:`.truncation`); ``max_tokens_per_batch``: padded tokens per forward pass.
+    :mod:`.truncation`); ``max_tokens_per_batch``: padded tokens per forward pass; ``prefix_cache``: run
+    the template text before ``{instruction}`` once and every prompt from its keys/values
+    (:func:`template_prefix`).
     """
 
     def __init__(self, kind: str, path: str, *, dtype: str = "float32", device: str = "auto",
                  max_length: int = 2048, max_tokens_per_batch: int = 16384, trust_remote_code: bool = False,
-                 show_progress: bool = True):
+                 show_progress: bool = True, prefix_cache: bool = True):
         if kind not in ("complexity", "quality"):
             raise ValueError(f"scorer kind must be 'complexity' or 'quality', got {kind!r}")
         self.kind, self.path = kind, str(path)
@@ -71,6 +95,10 @@ class DeitaScorer:
         self.digit_ids = digit_token_ids(self.tokenizer)
         self.pad_id = pad_id_of(self.tokenizer)
         _check_generation_config(self.model, self.path)
+        self.prefix = template_prefix(self.model, self.tokenizer, kind) if prefix_cache else None
+        self.prefix_stats = {"tokens": len(self.prefix) if self.prefix is not None else 0, "rows": 0, "fallback_rows": 0}
+        """Shared-prefix use so far: prefix ``tokens``, ``rows`` run from it, ``fallback_rows`` run whole
+        (their tokenisation differs from the prefix's at the template boundary)."""
 
     def encode(self, instruction: str, output: str = "") -> tuple[list[int], bool]:
         """Prompt token ids for one turn, and whether the text was truncated to fit ``max_length``."""
@@ -90,29 +118,48 @@ class DeitaScorer:
         return [scores[k] for k in slot]
 
     def _score_distinct(self, seqs: list[list[int]]) -> list[float]:
-        """:meth:`score_ids` without the sharing of duplicates."""
+        """:meth:`score_ids` without the sharing of duplicates: rows that start with the template head's
+        tokens run from its cached keys/values (:attr:`prefix`), the others whole."""
         import torch
         from tqdm.auto import tqdm
 
         out = [math.nan] * len(seqs)
-        batches = length_sorted_batches([len(s) for s in seqs], tokens_per_batch(self.max_tokens_per_batch, self.device))
-        head = self.model.get_output_embeddings()
-        bar = tqdm(batches, desc=f"{self.kind} scores", disable=not self.show_progress or len(batches) < 2)
+        own = [self.prefix.split(s) for s in seqs] if self.prefix is not None else [None] * len(seqs)
+        whole = [i for i, o in enumerate(own) if o is None]
+        split = [i for i, o in enumerate(own) if o is not None]
+        if self.prefix is not None:
+            self.prefix_stats["rows"] += len(split)
+            self.prefix_stats["fallback_rows"] += len(whole)
+        budget = tokens_per_batch(self.max_tokens_per_batch, self.device)
+        work = [("whole", [whole[k] for k in b]) for b in length_sorted_batches([len(seqs[i]) for i in whole], budget)]
+        work += [("split", [split[k] for k in b]) for b in length_sorted_batches([len(own[i]) for i in split], budget)]
+        bar = tqdm(work, desc=f"{self.kind} scores", disable=not self.show_progress or len(work) < 2)
         with torch.inference_mode():
-            for batch in bar:
-                ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, "right")
-                hidden = final_hidden_states(self.model, **model_inputs("right", ids, mask, pos, self.device))
+            for how, batch in bar:
+                if how == "whole":
+                    ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, "right")
+                    hidden = final_hidden_states(self.model, **model_inputs("right", ids, mask, pos, self.device))
+                else:
+                    ids, _, _, last = pad_batch([own[i] for i in batch], self.pad_id, "right")
+                    hidden = self.prefix.hidden_after(ids)
                 rows = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
-                logits = head(rows).float()
-                softcap = getattr(self.model.config, "final_logit_softcapping", None)
-                if softcap:
-                    logits = torch.tanh(logits / softcap) * softcap
-                digit_logits = logits[:, self.digit_ids]
-                scores = expected_digit_score(digit_logits).cpu().tolist()
-                bad = ~torch.isfinite(digit_logits).all(dim=1)
-                for j, i in enumerate(batch):
-                    out[i] = math.nan if bool(bad[j]) else scores[j]
+                for i, score in zip(batch, self._scores_at(rows)):
+                    out[i] = score
         return out
+
+    def _scores_at(self, rows) -> list[float]:
+        """Expected digit scores from final hidden states ``[B, H]`` at the position after each prompt
+        (NaN where a digit logit is not finite)."""
+        import torch
+
+        logits = self.model.get_output_embeddings()(rows).float()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        digit_logits = logits[:, self.digit_ids]
+        scores = expected_digit_score(digit_logits).cpu().tolist()
+        bad = (~torch.isfinite(digit_logits).all(dim=1)).tolist()
+        return [math.nan if b else x for x, b in zip(scores, bad)]
 
     def score_turns(self, turns: list[tuple[str, str]], labels: list[str] | None = None,
                     on_error: str = "raise") -> ScoreBatchResult:

@@ -19,7 +19,8 @@ def score_cache_key(kind: str, data_fingerprint: str, model_path: str, *, max_le
                     on_error: str) -> dict:
     """What determines a pool's scores: data, prompt template, model identity, max_length, dtype, policy.
 
-    Batch size, chunk size and device are left out: batching cannot change a score beyond 1e-5 (tested).
+    Batch size, chunk size, device and the prefix cache are left out: none of them can change a score
+    beyond 1e-5 (tested).
     """
     from deita.fingerprint import hash_json, model_identity
 
@@ -38,7 +39,7 @@ def score_cache_key(kind: str, data_fingerprint: str, model_path: str, *, max_le
 def score_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = None, data_fingerprint: str = "",
                dist_info: Any = None, on_error: str = "raise", max_length: int = 2048,
                max_tokens_per_batch: int = 16384, dtype: str = "float32", device: str = "auto",
-               trust_remote_code: bool = False) -> dict[str, list]:
+               trust_remote_code: bool = False, prefix_cache: bool = True) -> dict[str, list]:
     """Columns ``<kind>_turns``, ``<kind>_truncated``, ``<kind>_error`` for every row, in pool order.
 
     The pool is scored in chunks of contiguous rows (:mod:`deita.store`), each chunk batched by length
@@ -61,7 +62,8 @@ def score_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
         if not loaded:  # load on the first chunk this rank computes (none when everything is cached)
             loaded.append(DeitaScorer(kind, model_path, dtype=dtype, device=device, max_length=max_length,
                                       max_tokens_per_batch=max_tokens_per_batch,
-                                      trust_remote_code=trust_remote_code, show_progress=False))
+                                      trust_remote_code=trust_remote_code, show_progress=False,
+                                      prefix_cache=prefix_cache))
         cols = score_rows(rows[start:end], loaded[0], on_error)
         return {f"{kind}_turns": [list(map(float, t)) for t in cols[f"{kind}_turns"]],
                 f"{kind}_truncated": [int(c) for c in cols[f"{kind}_truncated"]],
@@ -76,4 +78,8 @@ def score_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
     if loaded and info.is_main:
         log.info("%s scores for %d rows in %.1fs (world size %d)", kind, len(rows), time.perf_counter() - started,
                  info.world_size)
+        if loaded[0].prefix is not None:
+            stats = loaded[0].prefix_stats
+            log.info("%s scorer (this rank): %d prompts ran from the %d-token template prefix, %d whole (their "
+                     "tokens differ at the boundary)", kind, stats["rows"], stats["tokens"], stats["fallback_rows"])
     return out
