@@ -212,7 +212,9 @@ def test_num_processes_relaunches_under_accelerate(tmp_path, shared_data):
     args = ["recipe=tiny", "launch.num_processes=2", f"launch.extra_args=[--main_process_port,{free_port()}]",
             "stages=[select]", "logger=none", "selection.budget=8", *shared_paths(tmp_path, shared_data),
             _pool(shared_data, 24)]
-    result = run_train(args)  # no ACCELERATE_USE_CPU here: the CLI must set it for the CPU re-launch
+    # No ACCELERATE_USE_CPU here: the CLI must set it for the CPU re-launch. An empty HF_HOME: a default
+    # accelerate config on this machine would choose another process layout (tests/test_relaunch.py).
+    result = run_train(args, env={"HF_HOME": str(tmp_path / "hf_home")})
     assert result.returncode == 0, result.stderr[-4000:]
     assert "re-launching with 2 processes" in result.stdout + result.stderr
     (job,) = [p for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir()]

@@ -134,7 +134,9 @@ def test_installed_command_relaunches_itself_as_python_m_deita(venv, elsewhere, 
     pool = f"data.pool=[{{path: {shared_data}/instruct/llamafactory_alpaca_en_demo.json, limit: 24}}]"
     args = ["recipe=tiny", "stages=[select]", "logger=none", "selection.budget=8", pool, "launch.num_processes=2",
             f"launch.extra_args=[--main_process_port,{free_port()}]"]
-    run = _run([venv / "bin" / "deita", *args], cwd=elsewhere, env={**_env(), "OMP_NUM_THREADS": "1"})
+    # An empty HF_HOME: a default accelerate config on this machine would choose another process layout.
+    env = {**_env(), "OMP_NUM_THREADS": "1", "HF_HOME": str(elsewhere / "hf_home")}
+    run = _run([venv / "bin" / "deita", *args], cwd=elsewhere, env=env)
     assert " -m deita recipe=tiny " in run.stdout + run.stderr  # the processes start the installed package
     (manifest,) = (elsewhere / "runs" / "tiny").glob("*/select/manifest.json")
     record = json.loads(manifest.read_text())
