@@ -91,6 +91,21 @@ def shared_data_hint(cfg: DictConfig, err: Exception) -> str:
             "paths.shared_data=DIR")
 
 
+PREFLIGHT_DONE_ENV = "DEITA_PREFLIGHT_DONE"
+"""Set (to the run dir) for the processes a job re-launches after its preflight passed: they skip it."""
+
+
+def preflight_once(cfg: DictConfig) -> None:
+    """Check every input of the chosen stages (:mod:`deita.preflight`) unless the process that launched this
+    one already did for the same run dir."""
+    from deita.preflight import preflight
+
+    if os.environ.get(PREFLIGHT_DONE_ENV) == str(cfg.run_dir):
+        return
+    preflight(cfg)
+    os.environ[PREFLIGHT_DONE_ENV] = str(cfg.run_dir)  # inherited by a re-launch's ranks
+
+
 def run(cfg: DictConfig) -> None:
     """Validate ``cfg``; then print the plan (``plan=true``), re-launch, or run the pipeline.
 
@@ -130,6 +145,7 @@ def _run(cfg: DictConfig) -> None:
 
         print_plan(cfg)
         return
+    preflight_once(cfg)
     from deita import hub
 
     hub.preflight(cfg)  # a push that cannot work stops the run here, before any stage

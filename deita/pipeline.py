@@ -140,7 +140,7 @@ def stage_inputs(cfg: DictConfig, stage: stages.Stage, upstream_manifests: dict[
         "stage": stage.name,
         "config": select_subtrees(cfg, stage.fingerprint_keys),
         "data": [source_fingerprint(s) for s in stage.data_sources(cfg)],
-        "models": {str(ref): model_fingerprint(ref) for ref in stage.model_refs(cfg)},
+        "models": {str(ref): model_fingerprint(ref) for ref in stage.model_refs(cfg).values()},
         "upstream": {name: m["fingerprint"] for name, m in sorted(upstream_manifests.items())},
     }
 
@@ -169,8 +169,9 @@ def _finalize(work: Path, final: Path) -> None:
 
 def find_upstream(cfg: DictConfig, stage: stages.Stage, run_dir: Path,
                   manifests: dict[str, dict]) -> tuple[dict[str, Path], dict[str, dict]]:
-    """Directories and manifests of ``stage``'s upstream stages: each required one (an error when it is
-    neither in this run nor finished in ``run_dir``) and each optional one that is."""
+    """Directories and manifests of ``stage``'s upstream stages: each required one (a
+    :class:`StageInputError` when it is neither in this run nor finished in ``run_dir``) and each optional
+    one that is."""
     required, optional = stages.upstream_of(stage)
     order = stages.names()
     dirs, found = {}, {}

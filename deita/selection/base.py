@@ -98,26 +98,40 @@ class Selector:
         """
         raise NotImplementedError
 
-    def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
-        """For plan mode: (role, model ref, tokens read) of each forward pass over the pool.
+    def model_keys(self) -> dict[str, str]:
+        """The model references this config makes the method load, by key inside the selection node
+        (``scorer.quality_model``): the stage fingerprints them, preflight resolves them before any stage.
 
-        The default says every model the config names (a key ending in ``model``) reads the pool once;
-        methods whose cost has another shape (Nuggets: candidates × anchors) override it.
+        The default takes every string under a key ending in ``model``; methods that load some of them only
+        under some options (Nuggets) override it.
         """
         from omegaconf import OmegaConf
 
-        passes: list[tuple[str, str, float]] = []
+        found: dict[str, str] = {}
 
         def walk(node, prefix):
             if isinstance(node, dict):
                 for key, value in node.items():
                     walk(value, f"{prefix}.{key}" if prefix else key)
             elif isinstance(node, str) and prefix.split(".")[-1].endswith("model"):
-                passes.append((prefix, node, pool_tokens))
+                found[prefix] = node
 
         cfg = self.cfg
         walk(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(vars(cfg)), "")
-        return passes
+        return found
+
+    def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
+        """For plan mode: (role, model ref, tokens read) of each forward pass over the pool.
+
+        The default says every model of :meth:`model_keys` reads the pool once; methods whose cost has
+        another shape (Nuggets: candidates × anchors) override it.
+        """
+        return [(key, ref, pool_tokens) for key, ref in self.model_keys().items()]
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise :class:`deita.validate.ConfigError` naming the key for option values or combinations this
+        method cannot honour (called at composition, before anything loads). The default checks nothing."""
 
 
 SELECTORS: Registry[type[Selector]] = Registry("selection method", discover="deita.selection.methods")

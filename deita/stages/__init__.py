@@ -22,8 +22,8 @@ from typing import Any, Callable
 from deita.registry import Registry
 
 
-def _no_models(cfg) -> list:
-    return []
+def _no_models(cfg) -> dict:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,12 @@ class Stage:
     * ``config_keys``: other config keys its output depends on (its own node always counts), hashed into
       its fingerprint.
     * ``data_keys``: config keys of the data-source lists it reads, hashed by content; validation requires
-      a source in each unless ``data_optional``.
-    * ``model_refs(cfg)``: model references it loads, hashed by content when they are local folders.
+      a source in each unless ``data_optional``; preflight (:mod:`deita.preflight`) opens each source and
+      checks its first records before any stage runs.
+    * ``data_kind``: the row kind its sources must give (``sft``, ``preference`` or ``prompts``).
+    * ``model_refs(cfg)``: the model references it loads, as ``{config key: reference}``; hashed by content
+      when they are local folders; preflight resolves each to a config and a tokenizer before any stage
+      runs, and names the key when one cannot be.
     * ``check(cfg)``: checks of its config that types cannot express; raises
       :class:`deita.validate.ConfigError`.
     * ``plan(cfg, pool)``: plan mode's estimate for it (a dict of figures, see :mod:`deita.plan`).
@@ -64,7 +68,8 @@ class Stage:
     config_keys: tuple[str, ...] = ()
     data_keys: tuple[str, ...] = ()
     data_optional: bool = False
-    model_refs: Callable[[Any], list] = _no_models
+    data_kind: str = "sft"
+    model_refs: Callable[[Any], dict] = _no_models
     check: Callable[[Any], None] | None = None
     plan: Callable[[Any, Any], dict] | None = None
     sweep_columns: Callable[[dict], dict] | None = None

@@ -61,6 +61,7 @@ STAGE = register(Stage(
     config=DPOStageConfig,
     config_keys=("data.preference", "data.preference_sample", "data.sample_seed", "seed"),
     data_keys=("data.preference",),
+    data_kind="preference",
     check=check_dpo,
     plan=plan_dpo,
 ))

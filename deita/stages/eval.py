@@ -63,6 +63,7 @@ STAGE = register(Stage(
     config=EvalStageConfig,
     data_keys=("data.eval_prompts",),
     data_optional=True,
+    data_kind="prompts",
     check=check_eval,
     sweep_columns=sweep_columns,
 ))

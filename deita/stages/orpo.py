@@ -58,7 +58,8 @@ STAGE = register(Stage(
     config=ORPOStageConfig,
     config_keys=("model", "data.preference", "data.preference_sample", "data.sample_seed", "seed"),
     data_keys=("data.preference",),
-    model_refs=lambda cfg: [cfg.model.name_or_path],
+    data_kind="preference",
+    model_refs=lambda cfg: {"model.name_or_path": cfg.model.name_or_path},
     check=check_orpo,
     plan=plan_orpo,
 ))

@@ -14,11 +14,12 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     return run(cfg, ctx)
 
 
-def selection_model_refs(cfg: DictConfig) -> list[str]:
-    """Model references the selection method reads (from its config)."""
+def selection_model_refs(cfg: DictConfig) -> dict[str, str]:
+    """Model references the selection method reads, by config key (``selection.scorer.quality_model``)."""
     from deita.selection.base import SELECTORS
 
-    return [ref for _, ref, _ in SELECTORS.get(cfg.selection.method)(cfg.selection).planned_passes(0, 0.0)]
+    keys = SELECTORS.get(cfg.selection.method)(cfg.selection).model_keys()
+    return {f"selection.{key}": ref for key, ref in keys.items()}
 
 
 def plan_select(cfg: DictConfig, pool) -> dict:

@@ -118,6 +118,6 @@ STAGE = register(Stage(
     produces_model=True,
     config=SFTStageConfig,
     config_keys=("model", "seed"),
-    model_refs=lambda cfg: [cfg.model.name_or_path],
+    model_refs=lambda cfg: {"model.name_or_path": cfg.model.name_or_path},
     plan=plan_sft,
 ))

@@ -161,6 +161,12 @@ class DeitaSelector(Selector):
 
     config_class = DeitaSelectionConfig
 
+    def model_keys(self) -> dict[str, str]:
+        """The scorers ``sort_key`` needs, and the embedder when ``diversity`` is on."""
+        cfg = self.cfg
+        keys = {f"scorer.{kind}_model": getattr(cfg.scorer, f"{kind}_model") for kind in needed_scorers(cfg.sort_key)}
+        return {**keys, "embedder.model": cfg.embedder.model} if cfg.diversity else keys
+
     def score(self, rows: list[dict], ctx: SelectionContext) -> dict[str, list]:
         """Per-row score columns (cached, sharded), combined into sums and the evol score.
 

@@ -141,6 +141,16 @@ class NuggetsSelector(Selector):
 
     config_class = NuggetsSelectionConfig
 
+    def model_keys(self) -> dict[str, str]:
+        """The scoring model, the k-means embedder's when it has its own, the diversity embedder's likewise."""
+        cfg = self.cfg
+        keys = {"model": cfg.model}
+        if cfg.anchors.method == "kmeans" and cfg.anchors.embedder_model:
+            keys["anchors.embedder_model"] = cfg.anchors.embedder_model
+        if cfg.diversity and cfg.diversity_model:
+            keys["diversity_model"] = cfg.diversity_model
+        return keys
+
     def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
         """Embedding for k-means (pool once) + zero-shot anchors + every candidate × every anchor."""
         cfg = self.cfg
