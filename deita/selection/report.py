@@ -145,7 +145,8 @@ def first_message(row: dict, role: str) -> str:
 
 def extreme_rows(table, rows: list[dict], column: str, score_columns: list[str]) -> tuple[list[str], list[list], list[list]]:
     """Header and the highest- and lowest-scored rows by ``column`` (finite scores only; highest first,
-    lowest last-first), each with its scores, selection rank, source and shortened text."""
+    lowest last-first), each with its scores, selection rank, id (which names its source) and shortened
+    text."""
     import numpy as np
 
     values = table[column].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -154,14 +155,13 @@ def extreme_rows(table, rows: list[dict], column: str, score_columns: list[str])
     top = order[:EXTREME_ROWS].tolist()
     bottom = [i for i in order[::-1][:EXTREME_ROWS].tolist() if i not in top]
     cols = [column, *[c for c in score_columns if c != column]]
-    has_source = "source" in table
-    header = [*cols, "selected (rank)", *(["source"] if has_source else []), "id", "instruction", "response"]
+    header = [*cols, "selected (rank)", "id", "instruction", "response"]
 
     def line(i: int) -> list:
         rank = int(table["rank"].iat[i])
         return [*(float(table[c].iat[i]) for c in cols), f"yes ({rank + 1})" if rank >= 0 else "no",
-                *([table["source"].iat[i]] if has_source else []), str(table["id"].iat[i]),
-                shorten(first_message(rows[i], "user")), shorten(first_message(rows[i], "assistant"))]
+                str(table["id"].iat[i]), shorten(first_message(rows[i], "user")),
+                shorten(first_message(rows[i], "assistant"))]
 
     return header, [line(i) for i in top], [line(i) for i in bottom]
 
@@ -226,6 +226,9 @@ def html_report(result: SelectionResult, sel_cfg, counts: dict, table, rows: Opt
         header, top, bottom = extreme_rows(table, rows, result.score_column, scores)
         if top:
             body += [f"<h2>The {len(top)} highest-scored rows ({H.esc(result.score_column)})</h2>", H.table(header, top)]
+            if result.greedy is not None:
+                body.append('<p class="note">A high-scored row that was not selected was rejected by τ (too similar '
+                            "to a row kept before it) or came after the budget was met.</p>")
         if bottom:
             body += [f"<h2>The {len(bottom)} lowest-scored rows ({H.esc(result.score_column)})</h2>",
                      H.table(header, bottom)]
