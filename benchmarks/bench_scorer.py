@@ -1,18 +1,29 @@
-"""Benchmark: deita's batched forward-only DEITA scorer vs the reference path (one prompt per `generate`).
+"""Benchmark: the DEITA scorer (shared-prefix KV, ``prefix_cache=true``) vs the same scorer running every
+prompt whole (``prefix_cache=false``, the path before the prefix cache) vs the reference path (one
+``generate`` per prompt), interleaved, at one thread count; with effective GFLOP/s beside the machine's
+measured single-thread GEMM rate.
 
-The baseline re-implements hkust-nlp/deita ``Scorer.infer_score`` (HF backend) faithfully: per prompt,
+The reference path re-implements hkust-nlp/deita ``Scorer.infer_score`` (HF backend) faithfully: per prompt,
 ``tokenizer.encode(prompt, return_tensors="pt")``, ``model.generate(max_new_tokens=2,
 num_return_sequences=1, return_dict_in_generate=True, output_scores=True)``, ``scores[0][0]``, the six
-digit logits, softmax, expectation. Same model, same prompts, fp32, same process, one run.
+digit logits, softmax, expectation. All three paths use the same weights (fp32) and the same prompts; ours runs its own copy of the model
+(switched to the suffix attention), the other two share a copy with the stock SDPA attention.
 
-    python benchmarks/bench_scorer.py --rows 200 --smollm2-rows 100 --out benchmarks/results/scorer.md
+Effective GFLOP/s = prompt tokens × 2 × non-embedding parameters / wall seconds: the work a plain forward
+pass over every prompt token would do per second (attention over the context is not counted). A path that
+skips work (the shared prefix) can exceed the GEMM rate.
+
+    python benchmarks/bench_scorer.py --threads 1 --rows 100 --smollm2-rows 40 --repeats 3 \\
+        --out benchmarks/results/scorer.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +33,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "instruct" / "llamafactory_alpaca_en_demo.json"
+PATHS = ("prefix", "whole", "reference")
 
 
 def alpaca_turns(n: int) -> list[tuple[str, str]]:
@@ -46,8 +58,31 @@ def reference_scores(tokenizer, model, prompts: list[str], digit_ids: list[int])
     return out
 
 
-def bench_model(ref: str, n_rows: int, max_tokens: int) -> list[dict]:
-    """Time both paths on complexity and quality prompts for ``n_rows`` rows of model ``ref``."""
+def non_embedding_params(model) -> int:
+    """Parameters outside the input embedding and the output head (the head runs at one position)."""
+    skip = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def gemm_gflops(m: int, k: int, n: int, reps: int = 20) -> float:
+    """Best single-thread fp32 GEMM rate (GFLOP/s) for ``[m, k] @ [k, n]`` (restores the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * m * k * n / best / 1e9
+
+
+def bench_model(ref: str, n_rows: int, max_tokens: int, repeats: int) -> list[dict]:
+    """Time the three paths, interleaved ``repeats`` times, on complexity and quality prompts."""
     from deita.models.resolve import resolve_model
     from deita.selection.scorers import DeitaScorer
     from deita.selection.scorers.prompts import render_prompt
@@ -56,68 +91,114 @@ def bench_model(ref: str, n_rows: int, max_tokens: int) -> list[dict]:
     turns = alpaca_turns(n_rows)
     results = []
     for kind in ("complexity", "quality"):
-        scorer = DeitaScorer(kind, path, dtype="float32", device="cpu", max_length=2048,
-                             max_tokens_per_batch=max_tokens, show_progress=False)
+        fast = DeitaScorer(kind, path, dtype="float32", device="cpu", max_length=2048,
+                           max_tokens_per_batch=max_tokens, show_progress=False)
+        whole = DeitaScorer(kind, path, dtype="float32", device="cpu", max_length=2048,
+                            max_tokens_per_batch=max_tokens, show_progress=False, prefix_cache=False)
+        model, tok = whole.model, whole.tokenizer  # stock attention, as the code before the prefix cache
+
         prompts = [render_prompt(kind, q, a) for q, a in turns]
-        n_tokens = sum(len(scorer.tokenizer.encode(p)) for p in prompts)
-        scorer.score_turns(turns[:4])  # warm-up
-        t0, c0 = time.perf_counter(), time.process_time()
-        ours = scorer.score_turns(turns)
-        t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
-        assert not any(ours.truncated), "benchmark prompts must not be truncated"
-        reference_scores(scorer.tokenizer, scorer.model, prompts[:2], scorer.digit_ids)  # warm-up
-        t0, c0 = time.perf_counter(), time.process_time()
-        base = reference_scores(scorer.tokenizer, scorer.model, prompts, scorer.digit_ids)
-        t_base, c_base = time.perf_counter() - t0, time.process_time() - c0
-        delta = float(np.max(np.abs(np.asarray(ours.scores) - np.asarray(base))))
-        results.append(dict(model=ref, kind=kind, rows=n_rows, tokens=n_tokens, ours_s=t_ours, base_s=t_base, ours_cpu=c_ours, base_cpu=c_base,
-                            delta=delta, spread=float(np.std(base))))
-        print(results[-1], flush=True)
+        n_tokens = sum(len(tok.encode(p)) for p in prompts)
+        run = {"prefix": lambda: fast.score_turns(turns).scores, "whole": lambda: whole.score_turns(turns).scores,
+               "reference": lambda: reference_scores(tok, model, prompts, fast.digit_ids)}
+        fast.score_turns(turns[:4])
+        whole.score_turns(turns[:4])
+        reference_scores(tok, model, prompts[:2], fast.digit_ids)  # warm-ups
+        times: dict[str, list[float]] = {p: [] for p in PATHS}
+        scores: dict[str, list[float]] = {}
+        for r in range(repeats):
+            for p in (PATHS if r % 2 == 0 else PATHS[::-1]):  # alternate the order between repeats
+                t0 = time.perf_counter()
+                scores[p] = run[p]()
+                times[p].append(time.perf_counter() - t0)
+        assert not any(fast.score_turns(turns[:1]).truncated)
+        med = {p: statistics.median(times[p]) for p in PATHS}
+        ref_s = np.asarray(scores["reference"])
+        gflop = n_tokens * 2 * non_embedding_params(model) / 1e9
+        results.append(dict(
+            model=ref, kind=kind, rows=n_rows, tokens=n_tokens, prefix_tokens=len(fast.prefix),
+            prefix_share=len(fast.prefix) * n_rows / n_tokens, fallback=fast.prefix_stats["fallback_rows"],
+            med=med, times=times, gflops={p: gflop / med[p] for p in PATHS},
+            d_ref=float(np.max(np.abs(np.asarray(scores["prefix"]) - ref_s))),
+            d_whole=float(np.max(np.abs(np.asarray(scores["prefix"]) - np.asarray(scores["whole"])))),
+            d_whole_ref=float(np.max(np.abs(np.asarray(scores["whole"]) - ref_s))), spread=float(np.std(ref_s)),
+            hidden=model.config.hidden_size, inter=getattr(model.config, "intermediate_size", 4 * model.config.hidden_size),
+        ))
+        print({k: v for k, v in results[-1].items() if k != "times"}, flush=True)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200, help="Alpaca rows for tiny:llama")
-    parser.add_argument("--smollm2-rows", type=int, default=100, help="Alpaca rows for packaged:smollm2")
-    parser.add_argument("--max-tokens", type=int, default=8192, help="ours: padded tokens per batch")
+    parser.add_argument("--rows", type=int, default=100, help="Alpaca rows for tiny:llama (0: skip)")
+    parser.add_argument("--smollm2-rows", type=int, default=40, help="Alpaca rows for packaged:smollm2 (0: skip)")
+    parser.add_argument("--max-tokens", type=int, default=8192, help="padded tokens per batch (CPU caps it at 512)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path (median reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every path")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    res = bench_model("tiny:llama", args.rows, args.max_tokens) + bench_model("packaged:smollm2", args.smollm2_rows,
-                                                                              args.max_tokens)
+    load_start = os.getloadavg()
+    res = []
+    if args.rows:
+        res += bench_model("tiny:llama", args.rows, args.max_tokens, args.repeats)
+    if args.smollm2_rows:
+        res += bench_model("packaged:smollm2", args.smollm2_rows, args.max_tokens, args.repeats)
+    load_end = os.getloadavg()
+    gemm = {r["model"]: gemm_gflops(512, r["hidden"], r["inter"]) for r in res}
+    cmd = (f"python benchmarks/bench_scorer.py --threads {args.threads} --rows {args.rows} --smollm2-rows "
+           f"{args.smollm2_rows} --repeats {args.repeats} --max-tokens {args.max_tokens} --out {args.out or '-'}")
     lines = [
-        "# DEITA scorer: batched forward pass (ours) vs one `generate` per prompt (reference path)",
+        "# DEITA scorer: shared-prefix KV (ours) vs whole prompts (before) vs one `generate` per prompt (reference)",
         "",
-        f"Command: `python benchmarks/bench_scorer.py --rows {args.rows} --smollm2-rows {args.smollm2_rows} "
-        f"--max-tokens {args.max_tokens} --out benchmarks/results/scorer.md`",
+        f"Command: `{cmd}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CPU, fp32; one run, both paths in the same process on the same "
-        "loaded model and the same prompts (first Alpaca rows of `llamafactory_alpaca_en_demo.json`). "
-        "Model load time excluded; one warm-up call each. CPU s = process CPU time (all threads), reported "
-        "because the shared 2-core machine ran other engineers' jobs (load average ~8-10) during the run, "
-        "which makes wall-clock figures noisy; rows/s and tok/s are wall-clock.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
+        f"{args.threads} torch thread(s) for every path, CPU, fp32. Load average (1/5/15 min) at start "
+        f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, at end {load_end[0]:.1f}/{load_end[1]:.1f}/"
+        f"{load_end[2]:.1f}. The three paths use the same weights and the same prompts (first Alpaca rows of "
+        f"`llamafactory_alpaca_en_demo.json`), run interleaved {args.repeats} times (order reversed on every "
+        "other repeat); seconds are the median. Model load excluded; one warm-up call each.",
         "",
-        "| model | scorer | rows | prompt tokens | ours s | ours rows/s | ours tok/s | reference s | reference rows/s "
-        "| reference tok/s | speed-up (wall) | ours CPU s | reference CPU s | speed-up (CPU) | max abs Δscore "
-        "| score std (reference) |",
+        "| model | scorer | rows | prompt tokens | prefix tokens (share) | rows run whole | ours s | before s "
+        "| reference s | ours vs reference | ours vs before | before vs reference | max \\|Δ\\| ours-reference "
+        "| max \\|Δ\\| ours-before | max \\|Δ\\| before-reference | score std |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res:
+        m = r["med"]
         lines.append(
-            f"| {r['model']} | {r['kind']} | {r['rows']} | {r['tokens']} | {r['ours_s']:.2f} | "
-            f"{r['rows'] / r['ours_s']:.1f} | {r['tokens'] / r['ours_s']:.0f} | {r['base_s']:.2f} | "
-            f"{r['rows'] / r['base_s']:.1f} | {r['tokens'] / r['base_s']:.0f} | {r['base_s'] / r['ours_s']:.1f}x | "
-            f"{r['ours_cpu']:.1f} | {r['base_cpu']:.1f} | {r['base_cpu'] / r['ours_cpu']:.1f}x | "
-            f"{r['delta']:.2e} | {r['spread']:.3f} |"
-        )
+            f"| {r['model']} | {r['kind']} | {r['rows']} | {r['tokens']} | {r['prefix_tokens']} "
+            f"({100 * r['prefix_share']:.0f}%) | {r['fallback']} | {m['prefix']:.2f} | {m['whole']:.2f} | "
+            f"{m['reference']:.2f} | **{m['reference'] / m['prefix']:.2f}x** | {m['whole'] / m['prefix']:.2f}x | "
+            f"{m['reference'] / m['whole']:.2f}x | {r['d_ref']:.1e} | {r['d_whole']:.1e} | {r['d_whole_ref']:.1e} | "
+            f"{r['spread']:.3f} |")
+    lines += ["", "Per-run seconds (interleaved order):", ""]
+    for r in res:
+        lines.append(f"- {r['model']} {r['kind']}: " + "; ".join(
+            f"{p} " + ", ".join(f"{t:.2f}" for t in r["times"][p]) for p in PATHS))
     lines += [
         "",
-        "Identical-output check: max abs Δscore is the largest difference between the two paths' expected "
-        "scores over all rows (target ≤ 1e-4). Ours: length-sorted right-padded batches, one forward pass of "
-        "the base model, LM head applied only at each row's last real token. The reference additionally runs "
-        "a second decoding step and the LM head over every prompt position.",
+        "Effective GFLOP/s = prompt tokens × 2 × non-embedding parameters / median seconds, beside the best "
+        "single-thread fp32 GEMM rate measured here for a [512, hidden] @ [hidden, intermediate] product (the "
+        "MLP's shape). With the prefix cache the prefix tokens are not computed per row, so ours counts work "
+        "avoided as done.",
+        "",
+        "| model | scorer | ours GFLOP/s | before GFLOP/s | reference GFLOP/s | 1-thread GEMM GFLOP/s | before / GEMM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res:
+        g = r["gflops"]
+        lines.append(f"| {r['model']} | {r['kind']} | {g['prefix']:.1f} | {g['whole']:.1f} | {g['reference']:.1f} | "
+                     f"{gemm[r['model']]:.1f} | {g['whole'] / (gemm[r['model']] * args.threads):.2f} |")
+    lines += [
+        "",
+        "Identical-output check: max |Δ| columns are the largest score differences over all rows (targets: ours "
+        "vs before ≤ 1e-5, ours vs reference ≤ 1e-4). Ours: the template head before `{instruction}` runs once "
+        "per scorer; each prompt runs only its own tokens from the head's keys/values (expanded views), in "
+        "length-sorted right-padded batches, LM head at the last real token only. Rows run whole: prompts whose "
+        "tokens differ from the head's at the boundary (they take the whole-prompt path).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -107,10 +107,15 @@ def scorer_pair(request, tiny_llama, tiny_mistral):
 
 
 def _reference_generate_score(scorer, prompt):
-    """The reference path: encode with special tokens, generate 2 tokens, scores[0][0], softmax of 6."""
+    """The reference path: encode with special tokens, generate 2 tokens, scores[0][0], softmax of 6 (on a
+    freshly loaded model with the stock attention: the scorer's own runs the suffix attention)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(scorer.path, dtype=torch.float32).eval()
+    assert model.config._attn_implementation == "sdpa"
     ids = scorer.tokenizer.encode(prompt, return_tensors="pt")
     with torch.no_grad():
-        out = scorer.model.generate(ids, max_new_tokens=2, num_return_sequences=1, do_sample=False,
+        out = model.generate(ids, max_new_tokens=2, num_return_sequences=1, do_sample=False,
                                     return_dict_in_generate=True, output_scores=True)
     return float(expected_digit_score(out.scores[0][0][scorer.digit_ids]))
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from deita.models.forward import SUFFIX_ATTENTION
 from deita.selection.scorers import DeitaScorer
 
 ALPACA = "instruct/llamafactory_alpaca_en_demo.json"
@@ -19,11 +20,12 @@ def alpaca_turns(shared_data, n: int) -> list[tuple[str, str]]:
 
 
 def pair(model_dir, kind: str):
-    """A prefix-cache scorer and a whole-prompt scorer sharing one loaded model."""
+    """A prefix-cache scorer (suffix attention) and a whole-prompt scorer (stock SDPA attention)."""
     fast = DeitaScorer(kind, str(model_dir), device="cpu", show_progress=False, max_tokens_per_batch=256)
     full = DeitaScorer(kind, str(model_dir), device="cpu", show_progress=False, max_tokens_per_batch=256,
                        prefix_cache=False)
-    full.model = fast.model
+    assert fast.model.config._attn_implementation == SUFFIX_ATTENTION
+    assert full.model.config._attn_implementation == "sdpa"
     return fast, full
 
 
@@ -78,6 +80,27 @@ def test_prefix_split_needs_exact_tokens_and_a_token_of_its_own(tiny_llama):
     assert p.split([1, 5, 6, 7, 8]) == [7, 8]
     assert p.split([1, 5, 9, 7]) is None  # merged at the boundary: another token where the prefix ends
     assert p.split([1, 5, 6]) is None  # nothing of its own to run
+
+
+def test_suffix_attention_equals_masked_attention_after_a_cache():
+    """The suffix attention (zero query rows in front, causal SDPA) against SDPA with the explicit mask."""
+    import torch
+    import torch.nn.functional as F
+
+    from deita.models.forward import _suffix_causal_attention
+
+    class Grouped:
+        num_key_value_groups = 2
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, h, n, 8, generator=g) for h, n in ((4, 5), (2, 12), (2, 12)))
+    got, _ = _suffix_causal_attention(Grouped(), q, k, v, None, scaling=0.3)
+    mask = torch.ones(5, 12, dtype=torch.bool).tril(12 - 5)
+    want = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask,
+                                          scale=0.3).transpose(1, 2)
+    assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match="sliding window"):
+        _suffix_causal_attention(Grouped(), q, k, v, None, sliding_window=8)
 
 
 def test_template_prefix_is_the_head_without_its_boundary_token(tiny_llama):

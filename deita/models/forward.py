@@ -73,6 +73,53 @@ def seeded_cache(model, kv, rows: int):
     return cache
 
 
+SUFFIX_ATTENTION = "deita_suffix_causal"
+"""Name of the attention implementation :func:`use_suffix_attention` registers with transformers."""
+
+
+def _suffix_causal_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                             **kwargs):
+    """Causal SDPA where the ``L`` queries are the LAST ``L`` of the ``S`` keys (a cached prefix before them).
+
+    SDPA's ``is_causal`` aligns the mask top-left, so the queries are preceded by ``S - L`` zero rows whose
+    outputs are dropped: query ``i`` then sees keys ``0..S-L+i``, exactly the causal pattern of the whole
+    sequence, and the kernel keeps its causal fast path (no ``[B, 1, L, S]`` mask, grouped K/V heads as is).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if attention_mask is not None or kwargs.get("softcap") is not None:
+        raise ValueError(f"{SUFFIX_ATTENTION} attention supports neither a padding mask nor softcapping")
+    window = kwargs.get("sliding_window")
+    if window is not None and key.shape[2] > window:
+        raise ValueError(f"{SUFFIX_ATTENTION}: {key.shape[2]} keys exceed the sliding window of {window}")
+    b, h, q_len, d = query.shape
+    skip = key.shape[2] - q_len
+    if skip > 0:
+        query = torch.cat([query.new_zeros(b, h, skip, d), query], dim=2)
+    groups = getattr(module, "num_key_value_groups", 1)
+    out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
+                                         **({"enable_gqa": True} if groups > 1 else {}))
+    return out[:, :, skip:].transpose(1, 2).contiguous(), None
+
+
+def use_suffix_attention(model, max_length: int) -> bool:
+    """Switch ``model`` (attention 'sdpa', no padding masks needed) to :data:`SUFFIX_ATTENTION`, which
+    runs tokens after a cached prefix without building an attention mask. Returns False, changing nothing,
+    when the model uses another attention, or a sliding window shorter than ``max_length``, or softcapping.
+    Only for callers whose padding sits after every real token (right padding, never read)."""
+    from transformers import AttentionInterface
+
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    if (getattr(cfg, "_attn_implementation", None) != "sdpa" or (window is not None and window < max_length)
+            or getattr(cfg, "attn_logit_softcapping", None) is not None):
+        return False
+    AttentionInterface.register(SUFFIX_ATTENTION, _suffix_causal_attention)
+    model.set_attn_implementation(SUFFIX_ATTENTION)
+    return cfg._attn_implementation == SUFFIX_ATTENTION
+
+
 def prefill(model, ids):
     """Keys/values ``[(k, v) per layer]`` and final hidden states ``[1, P, H]`` of one token prefix ``ids``."""
     import torch

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from deita.models.batching import length_sorted_batches, model_inputs, pad_batch, tokens_per_batch
-from deita.models.forward import final_hidden_states
+from deita.models.forward import final_hidden_states, use_suffix_attention
 from deita.models.loading import load_causal_lm, pad_id_of
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score
 from deita.selection.scorers.prompts import TEMPLATES
@@ -96,6 +96,8 @@ class DeitaScorer:
         self.pad_id = pad_id_of(self.tokenizer)
         _check_generation_config(self.model, self.path)
         self.prefix = template_prefix(self.model, self.tokenizer, kind) if prefix_cache else None
+        if self.prefix is not None:
+            use_suffix_attention(self.model, self.max_length)  # no [B, 1, L, P + L] mask per batch
         self.prefix_stats = {"tokens": len(self.prefix) if self.prefix is not None else 0, "rows": 0, "fallback_rows": 0}
         """Shared-prefix use so far: prefix ``tokens``, ``rows`` run from it, ``fallback_rows`` run whole
         (their tokenisation differs from the prefix's at the template boundary)."""
