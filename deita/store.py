@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +44,8 @@ DEFAULT_CHUNK_ROWS = 1024
 batching by length inside a chunk wastes little padding and one chunk file per 1,024 rows stays few."""
 
 INDEX = "index.json"
+STALE_SECONDS = 600
+"""A temp file or foreign-size chunk this old is a leftover of a dead run; younger ones are left alone."""
 SUFFIX = {"array": ".npy", "table": ".parquet"}
 """Chunk format → file suffix: arrays as ``.npy`` (never pickled), tables (column → one value per row)
 as ``.parquet``."""
@@ -139,8 +142,9 @@ class ChunkedEntry:
                 pd.DataFrame(value).to_parquet(tmp, index=False)
 
     def finish(self, chunks: list[Chunk], chunk_rows: int) -> dict:
-        """Check every chunk is on disk, write ``index.json``, delete leftovers (temp files of killed
-        writers, chunks of another chunk size). Main process only, after every rank wrote its chunks."""
+        """Check every chunk is on disk, write ``index.json``, delete leftovers older than
+        :data:`STALE_SECONDS` (temp files of killed writers, chunks of another chunk size; a younger one
+        may belong to another job filling the same entry). Main process only, after every rank wrote."""
         missing = [c for c, ok in zip(chunks, self.present(chunks)) if not ok]
         if missing:
             c = missing[0]
@@ -152,10 +156,14 @@ class ChunkedEntry:
         if self.fmt == "array" and chunks:
             head = np.load(self.path_of(chunks[0]), mmap_mode="r")
             index.update(dtype=str(head.dtype), shape=[index["rows"], *head.shape[1:]])
-        keep = {c.file_name(self.fmt) for c in chunks}
+        keep, now = {c.file_name(self.fmt) for c in chunks}, time.time()
         for name in os.listdir(self.folder):
             if name.endswith(".tmp") or (_CHUNK_NAME.match(name) and name not in keep):
-                (self.folder / name).unlink(missing_ok=True)
+                try:
+                    if now - (self.folder / name).stat().st_mtime > STALE_SECONDS:
+                        (self.folder / name).unlink()
+                except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                    pass
         write_json_atomic(self.folder / INDEX, index)
         return index
 

@@ -4,12 +4,14 @@ over chunks. Processes and kills are in tests/test_resume_scoring.py."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
 
 from deita.distributed import DistInfo
-from deita.store import Chunk, ChunkedEntry, ChunkedRows, _assign, compute_in_memory, fill, plan_chunks
+from deita.store import STALE_SECONDS, Chunk, ChunkedEntry, ChunkedRows, _assign, compute_in_memory, fill, plan_chunks
 
 ONE = DistInfo()
 
@@ -43,18 +45,23 @@ def test_fill_resumes_only_the_missing_chunks_and_finishes(tmp_path):
     chunks = plan_chunks(23, 5)
     for c in (chunks[0], chunks[3]):  # what a killed run left: two finished chunks ...
         entry.write(c, _rows_value(c.start, c.end))
-    (tmp_path / "e" / ".rows-000000000005-000000000010.npy.abc.tmp").write_bytes(b"half")  # ... and a torn write
+    torn = tmp_path / "e" / ".rows-000000000005-000000000010.npy.abc.tmp"
+    torn.write_bytes(b"half")  # ... and a torn write
     ChunkedEntry(tmp_path / "e", "array").write(Chunk(0, 7), _rows_value(0, 7))  # a chunk of another chunk size
+    live = tmp_path / "e" / ".rows-000000000010-000000000015.npy.xyz.tmp"
+    for path in (torn, entry.path_of(Chunk(0, 7))):
+        os.utime(path, (time.time() - STALE_SECONDS - 5,) * 2)  # left by a run that died long ago
     calls = []
 
     def compute(start, end):
         calls.append((start, end))
         return _rows_value(start, end)
 
+    live.write_bytes(b"being written")  # by another job filling the same entry right now: left alone
     stats = fill(entry, 23, compute, ONE, chunk_rows=5)
     assert calls == [(5, 10), (10, 15), (20, 23)]
     assert (stats.chunks, stats.resumed, stats.computed, stats.hit) == (5, 2, 3, False)
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["index.json"] + [c.file_name("array") for c in chunks]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [live.name, "index.json"] + [c.file_name("array") for c in chunks]
     index = json.loads((tmp_path / "e" / "index.json").read_text())
     assert index["rows"] == 23 and index["chunk_rows"] == 5 and index["shape"] == [23, 3] and index["dtype"] == "float32"
     got = entry.read()
