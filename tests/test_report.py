@@ -219,6 +219,7 @@ def test_deita_select_run_writes_every_figure(tmp_path, shared_data):
     assert {"scatter_complexity_quality", "hist_evol_score", "hist_complexity", "hist_quality", "hist_response_length",
             "nn_similarity", "tau_rejections", "sources"} <= set(pngs)
     assert "hist_n_turns" not in pngs and "hist_nn_sim" not in pngs  # single-turn data; selected rows only
+    assert (select / "report.md").read_text().count("pool rows: ") == 1  # the method's own count is not repeated
     html = (select / "report.html").read_text()
     assert "n_turns (one value on every row)" in html
     assert f"{manifest['method_report']['rejected_by_tau']} of {manifest['method_report']['scanned']} scanned rows " \

@@ -21,6 +21,8 @@ from deita.io import atomic_path, write_text_atomic
 from deita.selection.base import SelectionResult
 
 SKIP_COLUMNS = {"id", "selected", "rank"}
+SHOWN_COUNTS = ("pool_rows", "selected_rows")
+"""Method-report keys the report's own counts already show."""
 LENGTH_COLUMN = "response length"
 LENGTH_LABEL = "response length (characters, summed over turns)"
 EXTREME_ROWS = 5
@@ -122,7 +124,7 @@ def facts(result: SelectionResult, sel_cfg, counts: dict) -> list[tuple[str, Any
            ("selected rows", f"{counts['selected_rows']} (budget {sel_cfg.budget})"),
            ("malformed records skipped at load", counts.get("skipped_records", 0))]
     for key, value in sorted(result.report.items()):
-        if key in ("pool_rows", "selected_rows"):
+        if key in SHOWN_COUNTS:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
@@ -186,6 +188,8 @@ def markdown(result: SelectionResult, sel_cfg, counts: dict, table, figures: lis
              *([f"- **shortfall**: {problem}"] if problem else []),
              f"- malformed records skipped at load: {counts.get('skipped_records', 0)}"]
     for key, value in sorted(result.report.items()):
+        if key in SHOWN_COUNTS:
+            continue
         lines.append(f"- {key.replace('_', ' ')}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     lines += ["", "The same report with every figure and the highest- and lowest-scored rows: `report.html`.",
               "", "## Score distributions, pool vs selected", ""]
