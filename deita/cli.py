@@ -11,6 +11,18 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
+ERROR_DIR_ENV = "DEITA_ERROR_DIR"
+"""Set by :func:`relaunch` for its ranks: a folder where each rank records the error that stopped it, so
+the launcher prints each distinct error once (ranks print nothing themselves)."""
+
+
+class LaunchedJobFailed(RuntimeError):
+    """The re-launched job failed; ``code`` is the exit status to end with (2: a bad input)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
 
 def under_launcher() -> bool:
     """True inside ``accelerate launch`` / ``torchrun`` (they set WORLD_SIZE or LOCAL_RANK)."""
@@ -74,7 +86,57 @@ def relaunch(cfg: DictConfig) -> None:
     except ImportError:  # pragma: no cover
         pass
     log.info("re-launching with %d processes: %s", cfg.launch.num_processes, " ".join(cmd))
-    subprocess.run(cmd, env=env, check=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="deita-errors-") as errors:
+        env[ERROR_DIR_ENV] = errors
+        status = subprocess.run(cmd, env=env).returncode
+        message, code = ranks_errors(errors, status)
+    if code:
+        raise LaunchedJobFailed(message, code)
+
+
+def ranks_errors(folder: str, status: int) -> tuple[str, int]:
+    """The launcher's verdict on a finished re-launch: ``(message, exit status)``, ``("", 0)`` on success.
+
+    Ranks record their error in ``folder`` (:func:`report_error`). Bad-input errors (status 2) are what
+    the user must fix; a rank that then lost its peers records a stall, which is left out. Each distinct
+    message is given once, with the ranks that reported it when not all did.
+    """
+    import json
+    from pathlib import Path
+
+    records = []
+    for path in sorted(Path(folder).glob("rank-*.json")):
+        record = json.loads(path.read_text())
+        records.append((int(path.stem.split("-")[1]), record["message"], int(record["code"])))
+    if not records:
+        if status == 0:
+            return "", 0
+        return f"error: the launched job failed (accelerate exit status {status}); the ranks' output above says why", 1
+    code = 2 if any(c == 2 for _, _, c in records) else max(c for _, _, c in records)
+    by_message: dict[str, list[int]] = {}
+    for rank, message, c in sorted(records):
+        if c == code:
+            by_message.setdefault(message, []).append(rank)
+    lines = [msg if len(by_message) == 1 and len(ranks) == len(records) else f"{msg} (rank{'s' if len(ranks) > 1 else ''} "
+             f"{', '.join(map(str, ranks))})" for msg, ranks in by_message.items()]
+    return "\n".join(lines), code
+
+
+def report_error(message: str, code: int) -> None:
+    """End this process with ``message`` and exit status ``code``. A rank of a re-launch records it for the
+    launcher instead of printing it; after a bad input (``code`` 2) it then exits 0, so the launcher's
+    agent adds no failure report of its own (the launcher still ends with 2)."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if folder and under_launcher():
+        from deita.distributed import env_dist
+        from deita.io import write_json_atomic
+
+        write_json_atomic(os.path.join(folder, f"rank-{env_dist().rank}.json"), {"message": message, "code": code})
+        sys.exit(0 if code == 2 else code)
+    print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 def shared_data_hint(cfg: DictConfig, err: Exception) -> str:
@@ -112,10 +174,12 @@ def run(cfg: DictConfig) -> None:
     A config error or a malformed data record ends the run with its message and exit status 2, no
     traceback: the message already names the key, or the file, record and field.
     A run that stops this way before any stage wrote anything leaves no run dir behind; a run dir that
-    another live run holds (:mod:`deita.rundir`) stops the run at once, exit 2.
+    another live run holds (:mod:`deita.rundir`) stops the run at once, exit 2. A re-launched job prints
+    its ranks' error once, from the launcher (:func:`ranks_errors`), and ends with the same status. A rank
+    that misses a stage barrier for ``launch.timeout_minutes`` ends the job with exit 1, named.
     """
     from deita.data.errors import DataError
-    from deita.distributed import env_dist
+    from deita.distributed import RankStalled, env_dist
     from deita.hub import HubError
     from deita.pipeline import StageInputError
     from deita.rundir import RunDirBusy, remove_if_unused
@@ -124,13 +188,17 @@ def run(cfg: DictConfig) -> None:
     try:
         _run(cfg)
     except RunDirBusy as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        report_error(f"error: {err}", 2)
     except (ConfigError, DataError, StageInputError) as err:
-        print(f"error: {err}{shared_data_hint(cfg, err)}", file=sys.stderr)
         if env_dist().rank == 0:
             remove_if_unused(cfg.run_dir)
-        sys.exit(2)
+        report_error(f"error: {err}{shared_data_hint(cfg, err)}", 2)
+    except LaunchedJobFailed as err:
+        if err.code == 2:
+            remove_if_unused(cfg.run_dir)
+        report_error(str(err), err.code)
+    except RankStalled as err:
+        report_error(f"error: {err}", 1)
     except HubError as err:  # after the stages: their artifacts are safe, only the upload failed
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

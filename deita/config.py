@@ -179,6 +179,10 @@ class LaunchConfig:
     DDP flags (``--multi_gpu``)."""
     extra_args: List[str] = field(default_factory=list)
     """More ``accelerate launch`` arguments, e.g. [--main_process_port, "29600"]."""
+    timeout_minutes: float = 60.0
+    """Process-group timeout: how long any rank waits for the others at a collective (gloo and NCCL) before
+    the job ends; a rank missing at a stage barrier is named (gloo). 60 covers saving a 70B model with
+    ZeRO-3 to network storage; raise it for slower saves, lower it to catch hangs sooner."""
 
 
 @dataclass

@@ -22,6 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 
+DEFAULT_TIMEOUT_MINUTES = 60.0
+"""Process-group timeout when none is configured (``launch.timeout_minutes``)."""
+_timeout_minutes = DEFAULT_TIMEOUT_MINUTES
+
+
+class RankStalled(RuntimeError):
+    """A rank did not reach a barrier within the process-group timeout."""
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """This process's place in the job."""
@@ -45,21 +54,31 @@ def env_dist() -> DistInfo:
     )
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group when launched with several processes (gloo on CPU, nccl on GPU)."""
+def init_distributed(timeout_minutes: float | None = None) -> DistInfo:
+    """Join the process group when launched with several processes (gloo on CPU, nccl on GPU).
+
+    ``timeout_minutes`` (``launch.timeout_minutes``, default :data:`DEFAULT_TIMEOUT_MINUTES`) bounds how long
+    any collective waits for a rank: it is the group's timeout, which the Trainer reuses, and the time
+    :func:`barrier` gives each rank before it names the ones missing.
+    """
+    global _timeout_minutes
+    _timeout_minutes = float(timeout_minutes or DEFAULT_TIMEOUT_MINUTES)
     info = env_dist()
     if info.world_size > 1:
+        from datetime import timedelta
+
         import torch
         from accelerate import PartialState
 
         # On CPU accelerate finds no backend and silently reports a world of one: ask for gloo. Under
         # DeepSpeed keep the DeepSpeed path (cpu=True would silently drop it) with a gloo backend.
+        timeout = timedelta(minutes=_timeout_minutes)
         if torch.cuda.is_available():
-            state = PartialState()
+            state = PartialState(timeout=timeout)
         elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-            state = PartialState(backend="gloo")
+            state = PartialState(backend="gloo", timeout=timeout)
         else:
-            state = PartialState(cpu=True)
+            state = PartialState(cpu=True, timeout=timeout)
         info = DistInfo(state.process_index, state.num_processes, state.local_process_index)
         if info.world_size != int(os.environ["WORLD_SIZE"]):
             raise RuntimeError(
@@ -98,11 +117,31 @@ def _active_group():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def barrier() -> None:
-    """Wait for every process (no-op in a single process)."""
+def barrier(where: str = "") -> None:
+    """Wait for every process (no-op in a single process). On a gloo group a rank that does not arrive
+    within the timeout ends the job with :class:`RankStalled` naming it (``where`` says at which point); on
+    NCCL the group's own timeout applies (NCCL has no monitored barrier)."""
+    from datetime import timedelta
+
     dist = _active_group()
-    if dist is not None:
+    if dist is None:
+        return
+    if dist.get_backend() != "gloo":
         dist.barrier()
+        return
+    try:
+        dist.monitored_barrier(timeout=timedelta(minutes=_timeout_minutes), wait_all_ranks=True)
+    except RuntimeError as err:
+        import re
+
+        text = str(err).splitlines()[0] if str(err) else repr(err)
+        missing = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", text)
+        who = (f"rank {missing.group(1).strip()}" if missing else
+               f"a rank (rank {dist.get_rank()} saw: {text})")
+        raise RankStalled(
+            f"{who} did not reach the barrier{f' {where}' if where else ''} within launch.timeout_minutes="
+            f"{_timeout_minutes:g}; stopping the job — raise launch.timeout_minutes if that step is legitimately slow"
+        ) from None
 
 
 def broadcast_from_main(obj: Any) -> Any:

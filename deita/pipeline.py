@@ -222,7 +222,7 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
     if dist.is_main:
         work.mkdir(parents=True, exist_ok=True)
         log.info("stage %s: running into %s", stage.name, work)
-    barrier()
+    barrier(f"before stage {stage.name}")
     ctx = StageContext(stage.name, work, run_dir, upstream_dirs, upstream_manifests, dist)
     started = time.time()
     try:
@@ -232,7 +232,7 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
             log.info("stage %s failed before writing anything; removed %s", stage.name, work)
         raise
     wall = time.time() - started
-    barrier()
+    barrier(f"at the end of stage {stage.name}")
     manifest = {
         "stage": stage.name,
         "fingerprint": fingerprint,
@@ -250,7 +250,7 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
         write_json_atomic(work / MANIFEST, manifest, sort_keys=True)
         _finalize(work, final)
         log.info("stage %s: done in %.1f s -> %s", stage.name, wall, final)
-    barrier()
+    barrier(f"after stage {stage.name}")
     return manifest
 
 
@@ -259,11 +259,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     to ``<run_dir>/logs/rank<N>.log`` (:mod:`deita.logs`)."""
     from deita.logs import rank_log
 
-    dist = init_distributed()
+    dist = init_distributed(OmegaConf.select(cfg, "launch.timeout_minutes", default=None))
     run_dir = Path(run_dir or cfg.run_dir)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    barrier()
+    barrier("at the start of the run")
     manifests: dict[str, dict] = {}
     with rank_log(run_dir, dist.rank, dist.world_size):
         for stage in stages.in_pipeline_order(cfg.stages):

@@ -43,6 +43,7 @@ def validate_config(cfg: DictConfig) -> None:
             stage.check(cfg)
     require(cfg.logger.backend in ("none", "wandb"), "logger.backend", f"must be 'none' or 'wandb', got {cfg.logger.backend!r}")
     require(cfg.logger.mode in ("online", "offline", "disabled"), "logger.mode", f"must be online, offline or disabled, got {cfg.logger.mode!r}")
+    require(cfg.launch.timeout_minutes > 0, "launch.timeout_minutes", f"must be positive, got {cfg.launch.timeout_minutes}")
 
 
 def _is_training_node(config: type | None) -> bool:

@@ -186,3 +186,14 @@ def test_sbatch_env_overrides_and_errors(slurm_env, tmp_path):
     del env["SLURM_JOB_NODELIST"]
     outside = subprocess.run(["bash", str(SBATCH), "tiny"], env=env, capture_output=True, text=True)
     assert outside.returncode != 0 and "SLURM_JOB_NODELIST" in outside.stderr
+
+
+@pytest.mark.parametrize("var", ["GPUS_PER_NODE", "MAIN_PROCESS_PORT", "SLURM_NNODES"])
+def test_sbatch_numbers_from_the_environment_are_checked_before_arithmetic(slurm_env, tmp_path, var):
+    """``$(( ))`` evaluates its operands: an unchecked 'a[$(cmd)]' would run cmd."""
+    env, out = slurm_env
+    marker = tmp_path / "injected"
+    env[var] = f"a[$(touch {marker})]"
+    proc = subprocess.run(["bash", str(SBATCH), "tiny"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{var} must be a positive integer" in proc.stderr
+    assert not marker.exists() and not list(out.iterdir())
