@@ -36,14 +36,16 @@ def test_the_launcher_reports_each_distinct_error_once(tmp_path):
 
 def test_a_relaunched_job_with_a_bad_input_prints_its_error_once_and_exits_2(tmp_path, shared_data):
     pool = tmp_path / "pool.json"
-    pool.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(6)] + [{"instruction": "q"}]))
+    # record 100 lacks its output: past the head the preflight reads, so the ranks meet it in the stage
+    pool.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(100)] + [{"instruction": "q"}]))
     args = ["recipe=tiny", "stages=[select]", "logger=none", "selection.budget=2", "launch.num_processes=2",
             f"launch.extra_args=[--main_process_port,{free_port()}]", f"data.pool=[{{path: '{pool}'}}]",
             *shared_paths(tmp_path, shared_data)]
     result = run_train(args, timeout=300)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "pool.json" in errors[0], result.stderr[-3000:]
+    assert len(errors) == 1 and "pool.json" in errors[0] and "100" in errors[0], result.stderr[-3000:]
+    assert "re-launching with 2 processes" in result.stdout + result.stderr  # the ranks, not the preflight
     assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
     assert "ChildFailedError" not in result.stderr
 
