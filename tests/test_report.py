@@ -209,12 +209,15 @@ def test_random_select_run_writes_report_html(tmp_path, shared_data):
 def test_deita_select_run_writes_every_figure(tmp_path, shared_data):
     args = ["recipe=tiny", "logger=none", "stages=[select]", "selection=deita", "selection.budget=16",
             "selection.tau=0.65", "selection.scorer.max_length=128", "selection.embedder.max_length=128",
-            _two_code_sources(shared_data, 30), *shared_paths(tmp_path, shared_data)]
+            "selection.chunk_rows=16", _two_code_sources(shared_data, 30), *shared_paths(tmp_path, shared_data)]
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-4000:]
     select = next((tmp_path / "runs" / "tiny").iterdir()) / "select"
     manifest = json.loads((select / "manifest.json").read_text())
     assert manifest["method_report"]["rejected_by_tau"] > 0
+    chunks = manifest["cache"]["chunks"]  # complexity, quality, embeddings: ~60 rows in chunks of 16, none resumed
+    assert len(chunks) == 3 and all(c["resumed"] == 0 and c["computed"] == c["chunks"] >= 3 for c in chunks.values())
+    assert manifest["cache"]["resumed_chunks"] == 0
     pngs = check_report(select)
     assert {"scatter_complexity_quality", "hist_evol_score", "hist_complexity", "hist_quality", "hist_response_length",
             "nn_similarity", "tau_rejections", "sources"} <= set(pngs)
