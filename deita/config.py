@@ -118,7 +118,8 @@ class TrainConfig:
     """LoRA / QLoRA settings."""
     args: Dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for TRL's config (learning_rate, num_train_epochs, lr_scheduler_type,
-    warmup_ratio, bf16, gradient_checkpointing, ...), validated by TRL itself."""
+    warmup_steps, bf16, gradient_checkpointing, ...). Names and enumerated values are checked against the
+    stage's TRL config class at composition (a typo fails naming the key and its closest name)."""
 
 
 @dataclass

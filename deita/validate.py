@@ -15,10 +15,32 @@ def require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+def require_range(value, key: str, *, gt=None, ge=None, lt=None, le=None, allow_none: bool = False) -> None:
+    """Raise :class:`ConfigError` for ``key`` unless ``value`` lies in the interval the bounds give
+    (``gt=0, le=1``: (0, 1]); ``None`` passes only with ``allow_none``."""
+    if value is None and allow_none:
+        return
+    low = f"({gt}" if gt is not None else f"[{ge}" if ge is not None else "(-inf"
+    high = f"{lt})" if lt is not None else f"{le}]" if le is not None else "inf)"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and (
+        (gt is None or value > gt) and (ge is None or value >= ge) and (lt is None or value < lt) and (le is None or value <= le))
+    require(ok, key, f"must be in {low}, {high}{' or null' if allow_none else ''}, got {value!r}")
+
+
+def require_choice(value, key: str, choices) -> None:
+    """Raise :class:`ConfigError` for ``key`` unless ``value`` is one of ``choices``."""
+    require(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` naming the first key whose value cannot work."""
+    """Raise :class:`ConfigError` naming the first key whose value cannot work: keys the schema lacks
+    (:mod:`deita.strict`), out-of-range values, trainer arguments TRL lacks (:mod:`deita.trl_args`), and
+    each stage's and the selection method's own checks."""
     from deita import stages
     from deita.selection.base import SELECTORS
+    from deita.strict import check_known_keys
+
+    check_known_keys(cfg)
 
     names = list(cfg.stages)
     known = stages.names()
@@ -29,6 +51,7 @@ def validate_config(cfg: DictConfig) -> None:
     require(sel.method in SELECTORS, "selection.method", f"unknown method {sel.method!r}; known: {SELECTORS.names()}")
     require(sel.budget == -1 or sel.budget > 0, "selection.budget", f"must be a positive row count or -1 (all), got {sel.budget}")
     require(sel.on_error in ("raise", "nan"), "selection.on_error", f"must be 'raise' or 'nan', got {sel.on_error!r}")
+    SELECTORS.get(sel.method).check(sel)
     for group in ("pool", "preference", "eval_prompts"):
         for i, src in enumerate(cfg.data[group]):
             require(src.on_error in ("raise", "skip"), f"data.{group}[{i}].on_error", f"must be 'raise' or 'skip', got {src.on_error!r}")
@@ -36,11 +59,18 @@ def validate_config(cfg: DictConfig) -> None:
     for stage in stages.in_pipeline_order(names):
         for key in () if stage.data_optional else stage.data_keys:
             require(len(OmegaConf.select(cfg, key) or []) > 0, key, f"the {stage.name} stage needs at least one source")
+    require_range(cfg.data.preference_sample, "data.preference_sample", gt=0, allow_none=True)
     for stage in stages.pipeline_order():
+        if stage.trainer_args:  # names first: a typo is reported as a typo, not as a bad value
+            from deita.trl_args import check_args
+
+            check_args(OmegaConf.to_container(cfg[stage.name].args, resolve=True) or {}, stage.trainer_args,
+                       f"{stage.name}.args")
         if _is_training_node(stage.config):
             _check_training_node(cfg[stage.name], stage.name)
         if stage.check is not None:
             stage.check(cfg)
+    _check_root_nodes(cfg)
     require(cfg.logger.backend in ("none", "wandb"), "logger.backend", f"must be 'none' or 'wandb', got {cfg.logger.backend!r}")
     require(cfg.logger.mode in ("online", "offline", "disabled"), "logger.mode", f"must be online, offline or disabled, got {cfg.logger.mode!r}")
     require(cfg.launch.timeout_minutes > 0, "launch.timeout_minutes", f"must be positive, got {cfg.launch.timeout_minutes}")
@@ -60,3 +90,30 @@ def _check_training_node(node: DictConfig, stage: str) -> None:
             f"{node.global_batch_size} is not a multiple of per_device_batch_size {node.per_device_batch_size}")
     require(node.max_length > 0, f"{stage}.max_length", f"must be positive, got {node.max_length}")
     require(0.0 <= node.eval_fraction < 1.0, f"{stage}.eval_fraction", f"must be in [0, 1), got {node.eval_fraction}")
+    args = node.args
+    for name in ("learning_rate", "num_train_epochs"):
+        if args.get(name) is not None:
+            require_range(args[name], f"{stage}.args.{name}", gt=0)
+    for name in ("warmup_steps", "weight_decay", "max_grad_norm"):  # a warmup_steps below 1 is a ratio
+        if args.get(name) is not None:
+            require_range(args[name], f"{stage}.args.{name}", ge=0)
+    if args.get("max_steps") is not None:
+        require(args.max_steps == -1 or args.max_steps > 0, f"{stage}.args.max_steps",
+                f"must be a positive step count or -1 (use num_train_epochs), got {args.max_steps}")
+    if node.peft.enabled:
+        require_range(node.peft.r, f"{stage}.peft.r", gt=0)
+        require_range(node.peft.alpha, f"{stage}.peft.alpha", gt=0)
+        require_range(node.peft.dropout, f"{stage}.peft.dropout", ge=0, lt=1)
+
+
+def _check_root_nodes(cfg: DictConfig) -> None:
+    """Ranges and choices of the nodes every run has: model, launch, plan options, hub."""
+    from deita.models.loading import DTYPE_NAMES
+
+    require_choice(cfg.model.dtype, "model.dtype", [*DTYPE_NAMES, "auto"])
+    require_range(cfg.launch.num_processes, "launch.num_processes", ge=1)
+    require_range(cfg.plan_options.mfu, "plan_options.mfu", gt=0, le=1)
+    require_range(cfg.plan_options.gpu_tflops, "plan_options.gpu_tflops", gt=0)
+    require_range(cfg.plan_options.chars_per_token, "plan_options.chars_per_token", gt=0)
+    require_range(cfg.plan_options.gpus, "plan_options.gpus", ge=1)
+    require_range(cfg.hub.timeout, "hub.timeout", gt=0)

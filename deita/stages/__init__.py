@@ -51,6 +51,8 @@ class Stage:
     * ``model_refs(cfg)``: the model references it loads, as ``{config key: reference}``; hashed by content
       when they are local folders; preflight resolves each to a config and a tokenizer before any stage
       runs, and names the key when one cannot be.
+    * ``trainer_args``: dotted name of the TRL config class its ``<name>.args`` go to (``trl.SFTConfig``);
+      their keys and enumerated values are checked at composition (:mod:`deita.trl_args`).
     * ``check(cfg)``: checks of its config that types cannot express; raises
       :class:`deita.validate.ConfigError`.
     * ``plan(cfg, pool)``: plan mode's estimate for it (a dict of figures, see :mod:`deita.plan`).
@@ -70,6 +72,7 @@ class Stage:
     data_optional: bool = False
     data_kind: str = "sft"
     model_refs: Callable[[Any], dict] = _no_models
+    trainer_args: str | None = None
     check: Callable[[Any], None] | None = None
     plan: Callable[[Any, Any], dict] | None = None
     sweep_columns: Callable[[dict], dict] | None = None

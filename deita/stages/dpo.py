@@ -58,6 +58,7 @@ STAGE = register(Stage(
     summary="DPO from the SFT model on `data.preference` (TRL `DPOTrainer`); writes `dpo/model/`.",
     requires=("sft",),
     produces_model=True,
+    trainer_args="trl.DPOConfig",
     config=DPOStageConfig,
     config_keys=("data.preference", "data.preference_sample", "data.sample_seed", "seed"),
     data_keys=("data.preference",),

@@ -55,6 +55,7 @@ STAGE = register(Stage(
             "(TRL `ORPOTrainer`, no reference model); writes `orpo/model/`.",
     optional=("sft",),
     produces_model=True,
+    trainer_args="trl.experimental.orpo.ORPOConfig",
     config=ORPOStageConfig,
     config_keys=("model", "data.preference", "data.preference_sample", "data.sample_seed", "seed"),
     data_keys=("data.preference",),

@@ -116,6 +116,7 @@ STAGE = register(Stage(
     summary="Fine-tunes `model` on the selected rows (TRL `SFTTrainer`); writes `sft/model/`.",
     requires=("select",),
     produces_model=True,
+    trainer_args="trl.SFTConfig",
     config=SFTStageConfig,
     config_keys=("model", "seed"),
     model_refs=lambda cfg: {"model.name_or_path": cfg.model.name_or_path},

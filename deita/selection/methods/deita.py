@@ -161,6 +161,23 @@ class DeitaSelector(Selector):
 
     config_class = DeitaSelectionConfig
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        """tau in (0, 1], positive sizes, known dtypes, template and padding side."""
+        from deita.models.loading import DTYPE_NAMES
+        from deita.selection.embedders.render import RENDERERS
+        from deita.validate import require_choice, require_range
+
+        require_range(cfg.tau, "selection.tau", gt=0, le=1)
+        require_range(cfg.block_size, "selection.block_size", ge=1)
+        for key in ("scorer.max_length", "scorer.max_tokens_per_batch", "embedder.max_length", "embedder.batch_size"):
+            node, name = key.split(".")
+            require_range(getattr(getattr(cfg, node), name), f"selection.{key}", ge=1)
+        require_choice(cfg.scorer.dtype, "selection.scorer.dtype", list(DTYPE_NAMES))
+        require_choice(cfg.embedder.dtype, "selection.embedder.dtype", list(DTYPE_NAMES))
+        require_choice(cfg.embedder.template, "selection.embedder.template", list(RENDERERS))
+        require_choice(cfg.embedder.padding_side, "selection.embedder.padding_side", ["left", "right"])
+
     def model_keys(self) -> dict[str, str]:
         """The scorers ``sort_key`` needs, and the embedder when ``diversity`` is on."""
         cfg = self.cfg

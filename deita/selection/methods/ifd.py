@@ -118,6 +118,21 @@ class IfdSelector(Selector):
     """Cherry IFD: drop IFD > max_ifd, rank the rest by descending IFD, keep the top share (sample_rate)."""
 
     config_class = IfdSelectionConfig
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Positive sizes and max_ifd, sample_rate in (0, 1], known prompt/direct/ratio/dtype."""
+        from deita.models.loading import DTYPE_NAMES
+        from deita.validate import require_choice, require_range
+
+        require_range(cfg.max_ifd, "selection.max_ifd", gt=0)
+        require_range(cfg.sample_rate, "selection.sample_rate", gt=0, le=1, allow_none=True)
+        require_range(cfg.max_length, "selection.max_length", ge=1)
+        require_range(cfg.batch_size, "selection.batch_size", ge=1)
+        require_choice(cfg.prompt, "selection.prompt", ["alpaca", "none"])
+        require_choice(cfg.direct, "selection.direct", ["cherry", "superfilter"])
+        require_choice(cfg.ratio, "selection.ratio", ["ppl", "loss"])
+        require_choice(cfg.dtype, "selection.dtype", list(DTYPE_NAMES))
     strict = False
     rate_base = "kept"
 

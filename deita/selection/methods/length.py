@@ -63,6 +63,17 @@ class LengthSelector(Selector):
 
     config_class = LengthSelectionConfig
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        """``field`` and ``unit`` are supported values (as a config error)."""
+        from deita.validate import ConfigError
+
+        try:
+            validate_length_config(cfg)
+        except ValueError as err:
+            key, problem = str(err).split(": ", 1)
+            raise ConfigError(f"config key '{key}': {problem}") from None
+
     def __init__(self, cfg):
         super().__init__(cfg)
         validate_length_config(cfg)

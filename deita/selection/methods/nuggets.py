@@ -97,19 +97,36 @@ class NuggetsSelectionConfig(SelectionConfig):
 
 
 def check_config(cfg) -> None:
-    """Raise on option combinations the method cannot honour."""
-    from deita.selection.nuggets.tokens import REFERENCE_ANCHOR_MAX_LENGTH, check_mode
+    """Raise :class:`deita.validate.ConfigError` naming the key for values out of range and option
+    combinations the method cannot honour (run at composition, and again by ``rank``)."""
+    from deita.selection.nuggets.tokens import MODES, REFERENCE_ANCHOR_MAX_LENGTH
+    from deita.validate import ConfigError, require_choice, require_range
 
-    check_mode(cfg.mode)
+    require_choice(cfg.mode, "selection.mode", list(MODES))
     if cfg.mode == "faithful" and cfg.anchor_max_length != REFERENCE_ANCHOR_MAX_LENGTH:
-        raise ValueError(f"nuggets mode=faithful fixes anchor_max_length={REFERENCE_ANCHOR_MAX_LENGTH}, "
-                         f"got {cfg.anchor_max_length}; use mode=clean to change it")
+        raise ConfigError(f"config key 'selection.anchor_max_length': mode=faithful fixes it at "
+                          f"{REFERENCE_ANCHOR_MAX_LENGTH}, got {cfg.anchor_max_length}; use selection.mode=clean to change it")
     if cfg.mode == "faithful" and cfg.dtype not in ("float32", "fp32"):
-        raise ValueError(f"nuggets mode=faithful scores in float32, got dtype={cfg.dtype!r}; use mode=clean")
+        raise ConfigError(f"config key 'selection.dtype': mode=faithful scores in float32, got {cfg.dtype!r}; "
+                          "use selection.mode=clean")
+    require_range(cfg.anchor_max_length, "selection.anchor_max_length", ge=1, allow_none=True)
+    require_choice(cfg.anchors.method, "selection.anchors.method", ["kmeans", "random", "file"])
+    require_range(cfg.anchors.k, "selection.anchors.k", ge=1)
+    if cfg.anchors.method == "file" and not cfg.anchors.path:
+        raise ConfigError("config key 'selection.anchors.path': anchors.method=file needs a file of anchor rows")
     check_anchors_config(cfg)
     rules = [n for n in ("threshold", "top_k", "top_fraction") if getattr(cfg, n) is not None]
     if len(rules) != 1:
-        raise ValueError(f"nuggets: set exactly one of threshold/top_k/top_fraction, got {rules or 'none'}")
+        raise ConfigError(f"config key 'selection.threshold': set exactly one of selection.threshold/top_k/top_fraction "
+                          f"(the others null), got {rules or 'none'}")
+    require_range(cfg.threshold, "selection.threshold", ge=0, lt=1, allow_none=True)
+    require_range(cfg.top_k, "selection.top_k", ge=1, allow_none=True)
+    require_range(cfg.top_fraction, "selection.top_fraction", gt=0, le=1, allow_none=True)
+    require_range(cfg.tau, "selection.tau", gt=0, le=1)
+    for key in ("anchor_batch_size", "candidate_batch_size", "zero_shot_batch_size"):
+        require_range(getattr(cfg, key), f"selection.{key}", ge=1)
+    require_range(cfg.anchors.embed_max_length, "selection.anchors.embed_max_length", ge=1)
+    require_range(cfg.anchors.embed_batch_size, "selection.anchors.embed_batch_size", ge=1)
 
 
 def check_anchors_config(cfg) -> None:
@@ -140,6 +157,11 @@ class NuggetsSelector(Selector):
     """Scores every pool row with the golden score, keeps rows by the rule, then the optional filter."""
 
     config_class = NuggetsSelectionConfig
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """See :func:`check_config`."""
+        check_config(cfg)
 
     def model_keys(self) -> dict[str, str]:
         """The scoring model, the k-means embedder's when it has its own, the diversity embedder's likewise."""
