@@ -89,3 +89,36 @@ def test_sentence_transformers_minilm():
     assert out.shape == (3, 384) and out.dtype == np.float32
     sims = out @ out.T
     assert sims[0, 1] > sims[0, 2] + 0.2
+
+
+def test_template_head():
+    from deita.selection.embedders.render import template_head
+
+    head = template_head("vicuna_v1.1")
+    assert head.endswith("questions. USER: ") and render_vicuna_dialogue(CONV).startswith(head)
+    assert template_head("plain") is None and template_head("only_answer") is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize("pooling,side", [("last", "right"), ("mean", "right"), ("last", "left"), ("mean", "left")])
+def test_clm_prefix_cache_equals_whole_conversations(arch, pooling, side, tiny_llama, tiny_mistral):
+    from deita.selection.embedders.render import template_head
+
+    path = str(tiny_llama if arch == "llama" else tiny_mistral)
+    convs = [[{"role": "user", "content": t}, {"role": "assistant", "content": TEXTS[(i + 1) % len(TEXTS)]}]
+             for i, t in enumerate(TEXTS)]
+    texts = [render_vicuna_dialogue(c) for c in convs]
+    kind = f"clm_{pooling}"
+    fast = EMBEDDERS.get(kind)(path, batch_size=3, padding_side=side, show_progress=False,
+                               prefix_text=template_head("vicuna_v1.1"))
+    whole = EMBEDDERS.get(kind)(path, batch_size=3, padding_side=side, show_progress=False)
+    got, want = fast.embed_texts(texts, normalize=False), whole.embed_texts(texts, normalize=False)
+    assert fast.prefix is not None and len(fast.prefix) > 20
+    assert fast.prefix_stats == {"tokens": len(fast.prefix), "rows": len(texts), "fallback_rows": 0}
+    assert np.abs(got - want).max() < 1e-5
+    # cut inside the head: no row has tokens of its own after the prefix, so every row runs whole, counted
+    short = EMBEDDERS.get(kind)(path, max_length=len(fast.prefix), padding_side=side, show_progress=False,
+                                prefix_text=template_head("vicuna_v1.1"))
+    cut = EMBEDDERS.get(kind)(path, max_length=len(fast.prefix), padding_side=side, show_progress=False)
+    assert np.abs(short.embed_texts(texts[:2], normalize=False) - cut.embed_texts(texts[:2], normalize=False)).max() < 1e-5
+    assert short.prefix_stats["fallback_rows"] == 2 and short.prefix_stats["rows"] == 0

@@ -174,6 +174,29 @@ class SharedPrefix:
         return out.last_hidden_state
 
 
+def prefix_batches(prefix: SharedPrefix | None, seqs, max_tokens: int, max_batch_size: int = 0,
+                   stats: dict | None = None):
+    """Plan a pass over ``seqs`` with an optional shared ``prefix``: ``(own, work)``.
+
+    ``own[i]`` is sequence ``i`` without the prefix (None: it runs whole); ``work`` lists
+    ``("whole" | "split", indices)`` batches, each length-sorted within ``max_tokens`` padded tokens (of
+    the sequence, or of its own part). ``stats`` (``rows``, ``fallback_rows``) counts both kinds.
+    """
+    from deita.models.batching import length_sorted_batches
+
+    own = [prefix.split(s) for s in seqs] if prefix is not None else [None] * len(seqs)
+    whole = [i for i, o in enumerate(own) if o is None]
+    split = [i for i, o in enumerate(own) if o is not None]
+    if prefix is not None and stats is not None:
+        stats["rows"] += len(split)
+        stats["fallback_rows"] += len(whole)
+    work = [("whole", [whole[k] for k in b])
+            for b in length_sorted_batches([len(seqs[i]) for i in whole], max_tokens, max_batch_size)]
+    work += [("split", [split[k] for k in b])
+             for b in length_sorted_batches([len(own[i]) for i in split], max_tokens, max_batch_size)]
+    return own, work
+
+
 def token_logprobs(model, seqs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
                    pad_id: int = 0, progress: bool = False, desc: str = "forwards") -> list[np.ndarray]:
     """log p(ids[t] | ids[:t]) for every chosen position ``t`` of every ``(ids, positions)`` (each t >= 1),

@@ -4,12 +4,16 @@
 conversation tokenised with the tokenizer's default special tokens (BOS), truncated on the right at
 ``max_length``, and the last layer's hidden state of the last non-pad token. We read the base model's
 ``last_hidden_state`` (identical to ``hidden_states[-1]``) instead of materialising every layer.
+
+With ``prefix_text`` (the template's fixed head, e.g. vicuna_v1.1's system prompt and ``"USER: "``), the
+head runs once and every conversation whose tokens start with its tokens runs only its own tokens from the
+head's keys/values (:class:`deita.models.forward.SharedPrefix`); the others run whole and are counted.
 """
 
 from __future__ import annotations
 
-from deita.models.batching import length_sorted_batches, model_inputs, pad_batch
-from deita.models.forward import final_hidden_states
+from deita.models.batching import model_inputs, pad_batch
+from deita.models.forward import SharedPrefix, final_hidden_states, prefix_batches, use_suffix_attention
 from deita.models.loading import load_causal_lm, pad_id_of
 
 
@@ -18,7 +22,7 @@ class ClmEmbedder:
 
     def __init__(self, path: str, *, pooling: str = "last", max_length: int = 2048, batch_size: int = 8,
                  dtype: str = "float32", device: str = "auto", padding_side: str = "right",
-                 trust_remote_code: bool = False, show_progress: bool = True):
+                 trust_remote_code: bool = False, show_progress: bool = True, prefix_text: str | None = None):
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
         self.path, self.pooling, self.padding_side = str(path), pooling, padding_side
@@ -26,6 +30,15 @@ class ClmEmbedder:
         self.tokenizer, self.model = load_causal_lm(self.path, dtype, device, trust_remote_code)
         self.device = next(self.model.parameters()).device
         self.pad_id = pad_id_of(self.tokenizer)
+        self.prefix = None
+        if prefix_text:
+            ids = list(self.tokenizer(prefix_text)["input_ids"])[:-1]  # the boundary token may merge
+            self.prefix = SharedPrefix(self.model, ids) if ids else None
+            if self.prefix is not None and padding_side == "right":
+                use_suffix_attention(self.model, self.max_length)
+        self.prefix_stats = {"tokens": len(self.prefix) if self.prefix is not None else 0, "rows": 0,
+                             "fallback_rows": 0}
+        """Shared-prefix use so far: prefix ``tokens``, ``rows`` run from it, ``fallback_rows`` run whole."""
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text: default special tokens, right truncation at ``max_length``."""
@@ -33,26 +46,39 @@ class ClmEmbedder:
         return [list(x) for x in enc["input_ids"]]
 
     def embed_ids(self, seqs: list[list[int]]):
-        """Raw (unnormalised) float32 embeddings ``[N, H]`` of token sequences, in input order."""
+        """Raw (unnormalised) float32 embeddings ``[N, H]`` of token sequences, in input order.
+
+        With a shared prefix (``prefix_text``), sequences that start with its tokens run only their own
+        tokens from its keys/values (right padded); the mean adds the prefix's hidden states once per row.
+        """
         import numpy as np
         import torch
         from tqdm.auto import tqdm
 
         hidden_size = self.model.config.hidden_size
         out = np.zeros((len(seqs), hidden_size), dtype=np.float32)
-        batches = length_sorted_batches([len(s) for s in seqs], self.batch_size * self.max_length, self.batch_size)
-        bar = tqdm(batches, desc=f"embed ({self.pooling})", disable=not self.show_progress or len(batches) < 2)
+        own, work = prefix_batches(self.prefix, seqs, self.batch_size * self.max_length, self.batch_size,
+                                   self.prefix_stats)
+        bar = tqdm(work, desc=f"embed ({self.pooling})", disable=not self.show_progress or len(work) < 2)
         with torch.inference_mode():
-            for batch in bar:
-                ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, self.padding_side)
-                hidden = final_hidden_states(self.model, **model_inputs(self.padding_side, ids, mask, pos,
-                                                                        self.device)).float()
-                mask = mask.to(self.device)
+            for how, batch in bar:
+                if how == "whole":
+                    side = self.padding_side
+                    ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, side)
+                    hidden = final_hidden_states(self.model, **model_inputs(side, ids, mask, pos, self.device))
+                else:
+                    ids, mask, _, last = pad_batch([own[i] for i in batch], self.pad_id, "right")
+                    hidden = self.prefix.hidden_after(ids)
+                hidden = hidden.float()
                 if self.pooling == "last":
                     vec = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
                 else:
-                    m = mask.unsqueeze(-1).to(hidden.dtype)
-                    vec = (hidden * m).sum(dim=1) / m.sum(dim=1)
+                    m = mask.to(self.device).unsqueeze(-1).to(hidden.dtype)
+                    total, count = (hidden * m).sum(dim=1), m.sum(dim=1)
+                    if how == "split":
+                        total = total + self.prefix.hidden.float().sum(dim=0)
+                        count = count + len(self.prefix)
+                    vec = total / count
                 out[batch] = vec.cpu().numpy()
         return out
 

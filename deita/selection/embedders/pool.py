@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 EMBED_CACHE_VERSION = 1
 """Bumped when the embedding code changes what it computes."""
@@ -21,7 +24,7 @@ def embed_cache_key(kind: str, data_fingerprint: str, model_path: str, *, max_le
 def embed_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = None, data_fingerprint: str = "",
                dist_info: Any = None, on_error: str = "raise", template: str = "vicuna_v1.1",
                max_length: int = 2048, batch_size: int = 8, dtype: str = "float32", device: str = "auto",
-               padding_side: str = "right", trust_remote_code: bool = False):
+               padding_side: str = "right", trust_remote_code: bool = False, prefix_cache: bool = True):
     """L2-normalised float32 ``[N, D]`` embeddings of every row, in pool order.
 
     A row that cannot be rendered raises (naming its id), or under ``on_error='nan'`` gets an all-zero
@@ -35,7 +38,7 @@ def embed_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
 
     from deita.distributed import env_dist
     from deita.selection.embedders import EMBEDDERS
-    from deita.selection.embedders.render import render_rows
+    from deita.selection.embedders.render import render_rows, template_head
     from deita.selection.scorers.turns import ConversationError
     from deita.store import DEFAULT_CHUNK_ROWS, compute_in_memory
 
@@ -56,7 +59,8 @@ def embed_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
             options = dict(max_length=max_length, batch_size=batch_size, device=device,
                            trust_remote_code=trust_remote_code, show_progress=False)
             if kind != "sentence_transformers":
-                options.update(dtype=dtype, padding_side=padding_side)
+                options.update(dtype=dtype, padding_side=padding_side,
+                               prefix_text=template_head(template) if prefix_cache else None)
             loaded.append(EMBEDDERS.get(kind)(model_path, **options))
         ok = [i for i, t in enumerate(texts) if t is not None]
         out = np.zeros((len(texts), embedding_dim(loaded[0])), dtype=np.float32)
@@ -65,10 +69,17 @@ def embed_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
         return out
 
     if cache is None:
-        return compute_in_memory("array", len(rows), chunk, info, chunk_rows=DEFAULT_CHUNK_ROWS).astype(np.float32)
-    key = embed_cache_key(kind, data_fingerprint, model_path, max_length=max_length, dtype=dtype, template=template,
-                          on_error=on_error)
-    return cache.rows_array("deita_embeddings", key, len(rows), chunk, info, desc="embeddings")
+        out = compute_in_memory("array", len(rows), chunk, info, chunk_rows=DEFAULT_CHUNK_ROWS).astype(np.float32)
+    else:
+        key = embed_cache_key(kind, data_fingerprint, model_path, max_length=max_length, dtype=dtype,
+                              template=template, on_error=on_error)
+        out = cache.rows_array("deita_embeddings", key, len(rows), chunk, info, desc="embeddings")
+    stats = getattr(loaded[0], "prefix_stats", None) if loaded else None
+    if stats and stats["tokens"] and info.is_main:
+        log.info("embedder (this rank): %d conversations ran from the %d-token template head, %d whole (their "
+                 "tokens differ at the boundary or end inside it)", stats["rows"], stats["tokens"],
+                 stats["fallback_rows"])
+    return out
 
 
 def embedding_dim(embedder: Any) -> int:

@@ -44,3 +44,13 @@ def render_rows(rows: list[dict], template: str) -> list[str]:
         raise ValueError(f"embedder template must be one of {sorted(RENDERERS)}, got {template!r}")
     fn = RENDERERS[template]
     return [fn(row.get("messages", []), str(row.get("id", i))) for i, row in enumerate(rows)]
+
+
+def template_head(template: str) -> str | None:
+    """The text every conversation rendered with ``template`` starts with (vicuna_v1.1: the system prompt and
+    ``"USER: "``), or None when the template has no fixed head."""
+    if template not in RENDERERS:
+        raise ValueError(f"embedder template must be one of {sorted(RENDERERS)}, got {template!r}")
+    mark = "\x00deita-head\x00"
+    text = RENDERERS[template]([{"role": "user", "content": mark}, {"role": "assistant", "content": mark}])
+    return text.split(mark, 1)[0] or None

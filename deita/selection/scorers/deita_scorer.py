@@ -15,8 +15,8 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from deita.models.batching import length_sorted_batches, model_inputs, pad_batch, tokens_per_batch
-from deita.models.forward import final_hidden_states, use_suffix_attention
+from deita.models.batching import model_inputs, pad_batch, tokens_per_batch
+from deita.models.forward import final_hidden_states, prefix_batches, use_suffix_attention
 from deita.models.loading import load_causal_lm, pad_id_of
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score
 from deita.selection.scorers.prompts import TEMPLATES
@@ -126,15 +126,8 @@ class DeitaScorer:
         from tqdm.auto import tqdm
 
         out = [math.nan] * len(seqs)
-        own = [self.prefix.split(s) for s in seqs] if self.prefix is not None else [None] * len(seqs)
-        whole = [i for i, o in enumerate(own) if o is None]
-        split = [i for i, o in enumerate(own) if o is not None]
-        if self.prefix is not None:
-            self.prefix_stats["rows"] += len(split)
-            self.prefix_stats["fallback_rows"] += len(whole)
         budget = tokens_per_batch(self.max_tokens_per_batch, self.device)
-        work = [("whole", [whole[k] for k in b]) for b in length_sorted_batches([len(seqs[i]) for i in whole], budget)]
-        work += [("split", [split[k] for k in b]) for b in length_sorted_batches([len(own[i]) for i in split], budget)]
+        own, work = prefix_batches(self.prefix, seqs, budget, stats=self.prefix_stats)
         bar = tqdm(work, desc=f"{self.kind} scores", disable=not self.show_progress or len(work) < 2)
         with torch.inference_mode():
             for how, batch in bar:
