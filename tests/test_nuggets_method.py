@@ -29,7 +29,7 @@ def test_file_anchors_and_diversity_filter(tmp_path, tiny_llama):
     ctx = SelectionContext(cache=ContentCache(tmp_path / "cache"), dist=DistInfo(), data_fingerprint="fp",
                            model_resolver=lambda ref: str(tiny_llama))
     nuggets = SELECTORS.get("nuggets")
-    cfg = nuggets.config_class(model="tiny", mode="clean", anchor_max_length=48, threshold=None, top_k=6,
+    cfg = nuggets.config_class(model="tiny", mode="clean", anchor_max_length=48, threshold=None, top_k=6, exact_scores=True,
                                diversity=True, tau=0.995, diversity_embedder="clm_mean")
     cfg.anchors.method, cfg.anchors.path = "file", str(anchors)
     result, order = rank_and_cut(nuggets(cfg), rows, ctx)
@@ -86,7 +86,7 @@ def test_pipeline_golden_scores_equal_the_python_api_faithful_path_on_alpaca_row
     pool.write_text(json.dumps(records))
     args = ["recipe=tiny", "logger=none", "stages=[select]", "selection=nuggets", f"selection.model={tiny_llama}",
             "selection.mode=faithful", "selection.anchors.method=random", "selection.anchors.k=5",
-            "selection.threshold=null", "selection.top_k=4", "selection.budget=-1",
+            "selection.threshold=null", "selection.top_k=4", "selection.budget=-1", "selection.exact_scores=true",
             f"data.pool=[{{path: {pool}}}]", *shared_paths(tmp_path, shared_data)]
     proc = run_train(args)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -95,7 +95,7 @@ def test_pipeline_golden_scores_equal_the_python_api_faithful_path_on_alpaca_row
     assert list(table["id"]) == [f"alpaca:{i}" for i in range(len(records))]
 
     nuggets = SELECTORS.get("nuggets")
-    cfg = nuggets.config_class(model="tiny", mode="faithful", threshold=None, top_k=4)
+    cfg = nuggets.config_class(model="tiny", mode="faithful", threshold=None, top_k=4, exact_scores=True)
     cfg.anchors.method, cfg.anchors.k = "random", 5
     ctx = SelectionContext(cache=ContentCache(tmp_path / "api-cache"), dist=DistInfo(), data_fingerprint="raw",
                            model_resolver=lambda ref: str(tiny_llama))

@@ -9,11 +9,14 @@ vary.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
 from deita.config import SelectionModels
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +83,14 @@ class NuggetsSelectionConfig(SelectionConfig):
     right-padded demonstrations, hence a padding mask and K/V copies (benchmarks/results/nuggets.md)."""
     zero_shot_batch_size: int = 16
     """Anchors per zero-shot forward."""
+    exact_scores: bool = False
+    """True: run every candidate against every anchor, so every golden score is exact. False (default):
+    stop a candidate once the rule has rejected it for certain (threshold: more losses than GS > threshold
+    allows; top_k/top_fraction: k candidates of its chunk rank above it for certain), anchor batches visited
+    in an order drawn from selection.seed. The selected rows and their order are identical either way
+    (every row the rule may accept runs every anchor); a rejected row's golden_score is NaN in
+    scores.parquet, with golden_score_low/high its bounds and golden_exact false; the manifest's
+    method_report gives the share of anchor passes skipped."""
     threshold: Optional[float] = 0.85
     """Keep GS > threshold (strict, as the reference's top_sample.py). Set null to use top_k/top_fraction."""
     top_k: Optional[int] = None
@@ -196,10 +207,19 @@ class NuggetsSelector(Selector):
         cfg = self.cfg
         check_config(cfg)
         res = golden_table(rows, cfg, ctx)
-        gs = res["golden_score"]
+        gs = res["golden_score"]  # NaN where early decision left only bounds: never accepted
         accepted = select_candidates(gs, threshold=cfg.threshold, top_k=cfg.top_k, top_fraction=cfg.top_fraction)
+        early = res["early"]
         report = {"accepted_by_rule": len(accepted), "anchors": len(res["zero"]),
-                  "anchors_never_scored": int(sum(n == 0 for n in res["anchor_scored_tokens"]))}
+                  "anchors_never_scored": int(sum(n == 0 for n in res["anchor_scored_tokens"])),
+                  "exact_scores": not early["on"], "exact_golden_scores": early["exact_rows"],
+                  "anchor_passes": early["anchor_passes"], "anchor_passes_skipped": early["skipped"],
+                  "anchor_passes_skipped_fraction": round(early["skipped_fraction"], 6)}
+        if ctx.dist.is_main:
+            log.info("nuggets: %d of %d golden scores exact (the others are bounds); %d of %d anchor passes "
+                     "skipped (%.1f%%) by early decision%s", early["exact_rows"], len(rows), early["skipped"],
+                     early["anchor_passes"], 100 * early["skipped_fraction"],
+                     "" if early["on"] else " (off: selection.exact_scores=true)")
         shortfall = rule_shortfall(cfg, len(accepted), len(rows))
         if cfg.diversity and accepted:
             from deita.fingerprint import hash_rows
@@ -221,15 +241,18 @@ class NuggetsSelector(Selector):
         is_anchor = [False] * len(rows)
         for i in res["anchor_index"] or []:
             is_anchor[i] = True
-        wins = np.rint(gs * len(res["zero"])).astype(int)
-        table = {"golden_score": gs.tolist(), "anchor_wins": wins.tolist(), "is_anchor": is_anchor}
+        table = {"golden_score": gs.tolist(), "golden_score_low": res["golden_score_low"].tolist(),
+                 "golden_score_high": res["golden_score_high"].tolist(), "golden_exact": res["exact"].tolist(),
+                 "anchor_wins": res["wins"].tolist(), "is_anchor": is_anchor}
         return SelectionResult(table=table, ranking=ranking, shortfall=shortfall, report=report,
                                score_column="golden_score", labels=COLUMN_LABELS, greedy=kept)
 
 
 COLUMN_LABELS = {
     "golden_score": "golden score (share of anchors whose loss the row lowers as a one-shot example)",
-    "anchor_wins": "anchors whose loss the row lowers (count)",
+    "anchor_wins": "anchors whose loss the row lowers (count; among the anchors run when not exact)",
+    "golden_score_low": "golden score, lower bound (wins so far / anchors)",
+    "golden_score_high": "golden score, upper bound (1 - losses so far / anchors)",
 }
 """Axis labels (with units) of the table columns, for the selection report."""
 

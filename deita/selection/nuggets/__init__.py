@@ -32,7 +32,11 @@ Two modes (``mode=`` in :class:`deita.selection.methods.nuggets.NuggetsSelection
   * BOS (when the tokenizer has one) starts both passes: ``[BOS] anchor`` and ``[BOS] demo anchor``;
   * ``anchor_max_length`` is configurable (``None``: no truncation) and so is the dtype.
 
-Modules: ``prompts`` (text), ``golden`` (pure math), ``tokens`` (token ids as the reference sees them),
+Early decision (default; ``selection.exact_scores=true`` turns it off): a candidate stops running anchors
+once the threshold or top-k rule has rejected it for certain; every row the rule may accept still runs
+every anchor, so the selection and its order equal the full computation's (``early``).
+
+Modules: ``prompts`` (text), ``golden`` (pure math), ``early`` (deciding candidates early), ``tokens`` (token ids as the reference sees them),
 ``scoring`` (the fast model pass), ``oracle`` (naive oracle and the reference loop), ``anchors`` (anchor sets,
 the nearest-row rule, the reference embedding), ``kmeans`` (the reference's scikit-learn k-means, faiss).
 """

@@ -26,6 +26,18 @@ def _scoring_key(cfg) -> dict:
             "accumulate": accumulation(cfg)}
 
 
+def early_decision(cfg, n_rows: int) -> dict | None:
+    """The early-decision settings (:mod:`deita.selection.nuggets.early`) for this config, or None when
+    ``exact_scores`` asks for every pair: ``{"threshold": t}`` or ``{"k": k}`` (top_fraction: k = int(n *
+    fraction), as the selection) plus the seed of the anchor-batch order. They join the one-shot store key,
+    since they decide which pairs an entry holds."""
+    if cfg.exact_scores:
+        return None
+    rule = {"threshold": float(cfg.threshold)} if cfg.threshold is not None else {
+        "k": int(cfg.top_k) if cfg.top_k is not None else int(n_rows * cfg.top_fraction)}
+    return {**rule, "seed": int(cfg.seed)}
+
+
 def load_scoring_model(path: str, cfg):
     """Tokenizer and model in eval mode on the configured device; faithful mode adds the reference ``[PAD]``."""
 
@@ -72,12 +84,17 @@ def anchor_indices(rows: list[dict], texts: list[tuple[str, str]], cfg, ctx, mod
 
 
 def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
-    """Score every pool row. Returns ``golden_score [N]``, ``zero [M]``, ``one [N, M]``, the anchor
-    descriptions and, for pool anchors, their pool indices."""
+    """Score every pool row. Returns ``golden_score [N]`` (NaN where early decision left only bounds),
+    ``golden_score_low``/``golden_score_high``/``exact``/``wins`` [N], ``zero [M]``, ``one [N, M]`` (NaN: pair
+    not run), the anchor descriptions, for pool anchors their pool indices, and ``early`` (anchor passes
+    run and skipped). Early decision (:mod:`deita.selection.nuggets.early`, off with ``exact_scores``) works
+    inside each store chunk of candidates, so a chunk's pairs depend on its rows alone and resume as before;
+    its settings join the store key, and an exact entry is never mixed with an early one."""
     from deita.data.sources import load_sources
     from deita.fingerprint import hash_json, model_identity
     from deita.models.loading import pad_id_of
     from deita.selection.nuggets import scoring
+    from deita.selection.nuggets.early import bounds, make_rule
     from deita.selection.nuggets.golden import golden_scores
     from deita.selection.nuggets.prompts import row_texts
     from deita.selection.nuggets.tokens import encode_anchor, encode_demo, zero_shot_prefix
@@ -102,14 +119,29 @@ def golden_table(rows: list[dict], cfg, ctx) -> dict[str, Any]:
         model, anchors, zero_shot_prefix(tok, cfg.mode), batch_size=cfg.zero_shot_batch_size, pad_id=pad,
         accumulate=accumulation(cfg)))
 
+    early = early_decision(cfg, len(rows))
+    if early is not None:
+        key = {**key, "early": early}
+
     def chunk(start: int, end: int) -> np.ndarray:
         demos = [encode_demo(tok, texts[i][1], cfg.mode) for i in range(start, end)]
+        rule = None if early is None else make_rule(zero, threshold=early.get("threshold"), k=early.get("k"))
         sums = scoring.one_shot_sums(model, demos, anchors, anchor_batch_size=cfg.anchor_batch_size,
                                      candidate_batch_size=cfg.candidate_batch_size, pad_id=pad,
-                                     progress=False, accumulate=accumulation(cfg))
+                                     progress=False, accumulate=accumulation(cfg), rule=rule, first_index=start,
+                                     seed=early["seed"] if early else 0)
         return np.asarray(sums).reshape(end - start, len(anchors))
 
     one = np.asarray(ctx.cache.rows_array("nuggets_one_shot", key, len(rows), chunk, ctx.dist,
                                           desc="nuggets one-shot")).reshape(len(rows), len(anchors))
-    return {"golden_score": golden_scores(zero, one), "zero": zero, "one": one, "anchor_index": a_idx,
-            "anchor_scored_tokens": [a.n_scored for a in anchors]}
+    b = bounds(zero, one)
+    if early is None:
+        b["golden_score"] = golden_scores(zero, one)
+    active = sum(a.n_scored > 0 for a in anchors)
+    skipped = int(np.isnan(one).sum())
+    return {"golden_score": b["golden_score"], "golden_score_low": b["low"], "golden_score_high": b["high"],
+            "exact": b["exact"], "wins": b["wins"], "zero": zero, "one": one, "anchor_index": a_idx,
+            "anchor_scored_tokens": [a.n_scored for a in anchors],
+            "early": {"on": early is not None, "anchor_passes": len(rows) * active, "skipped": skipped,
+                      "skipped_fraction": skipped / (len(rows) * active) if rows and active else 0.0,
+                      "exact_rows": int(b["exact"].sum())}}

@@ -109,14 +109,17 @@ class _Batch:
 
 
 def _group_sums(model, seqs: list[list[int]], batches: list[_Batch], n_active: int, pad_id: int, device,
-                accumulate: str):
-    """[g, n_active] answer sums of every anchor after each of the ``g`` prefixes in ``seqs`` (one group)."""
+                accumulate: str, after=None):
+    """[g, n_active] answer sums of every anchor after each of the ``g`` prefixes in ``seqs`` (one group).
+
+    ``after`` (early decision): called with the sums so far (NaN: not run) after each batch; when it returns
+    True the remaining batches are skipped."""
     import torch
 
     decoder = base_model(model)
     g = len(seqs)
     lens = [len(s) for s in seqs]
-    out = torch.zeros((g, n_active), dtype=torch.float64, device=device)
+    out = torch.full((g, n_active), np.nan if after is not None else 0.0, dtype=torch.float64, device=device)
     kv, d_mask = None, None
     if max(lens) > 0:
         width = max(lens)
@@ -159,12 +162,17 @@ def _group_sums(model, seqs: list[list[int]], batches: list[_Batch], n_active: i
             sums.index_add_(0, r, head_logprobs(model, hidden[r, c], t))
         out[:, b.members] = sums.reshape(g, b.n)
         del hidden, kwargs
+        if after is not None and after(out):
+            break
     return out
 
 
-def _run(model, prefixes, anchors, *, anchor_batch_size, candidate_batch_size, pad_id, progress, desc, accumulate):
+def _run(model, prefixes, anchors, *, anchor_batch_size, candidate_batch_size, pad_id, progress, desc, accumulate,
+         rule=None, first_index=0, seed=0):
     import torch
     from tqdm.auto import tqdm
+
+    from deita.selection.nuggets.early import batch_order
 
     if accumulate not in ACCUMULATE:
         raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
@@ -172,22 +180,47 @@ def _run(model, prefixes, anchors, *, anchor_batch_size, candidate_batch_size, p
     device = next(model.parameters()).device
     out = np.zeros((len(prefixes), len(anchors)))
     plan = plan_anchors(anchors)
+    if rule is not None:
+        out[:, list(plan.active)] = np.nan  # not run (yet); anchors without a scored token are 0: a loss
     if not len(prefixes) or not plan.active:
         return out
     lengths = [len(x) for x in plan.own]
     batches = [_Batch(plan, m, pad_id, device)
                for m in length_batches(lengths, anchor_batch_size, FORWARD_OVERHEAD_TOKENS)]
+    if rule is not None:  # the same batches as the full pass (so the same sums), visited in a seeded order
+        batches = [batches[i] for i in batch_order(len(batches), seed)]
     order = sorted(range(len(prefixes)), key=lambda i: (len(prefixes[i]), i))
     groups = [order[s : s + candidate_batch_size] for s in range(0, len(order), candidate_batch_size)]
     cols = list(plan.active)
     with torch.inference_mode(), tqdm(total=len(prefixes), desc=desc, unit="cand", disable=not progress) as bar:
         for group in groups:
+            after = None
+            if rule is not None:
+                if all(rule.rejected(first_index + c, out[c]) for c in group):
+                    bar.update(len(group))
+                    continue  # rejected before any anchor ran (e.g. a threshold no score can pass)
+                after = _decider(rule, group, cols, out, first_index)
             seqs = [list(prefixes[c]) + list(plan.prefix) for c in group]
-            sums = _group_sums(model, seqs, batches, len(cols), pad_id, device, accumulate).cpu().numpy()
+            sums = _group_sums(model, seqs, batches, len(cols), pad_id, device, accumulate, after).cpu().numpy()
             for r, c in enumerate(group):
                 out[c, cols] = sums[r]
+                if rule is not None and not np.isnan(out[c]).any():
+                    rule.finished(first_index + c, out[c])
             bar.update(len(group))
     return out
+
+
+def _decider(rule, group: list[int], cols: list[int], out: np.ndarray, first_index: int):
+    """``after`` for :func:`_group_sums`: copy the group's sums so far into ``out``; stop once the rule has
+    rejected every candidate of the group."""
+
+    def after(sums) -> bool:
+        partial = sums.cpu().numpy()
+        for r, c in enumerate(group):
+            out[c, cols] = partial[r]
+        return all(rule.rejected(first_index + c, out[c]) for c in group)
+
+    return after
 
 
 def zero_shot_sums(
@@ -210,6 +243,9 @@ def one_shot_sums(
     pad_id: int = 0,
     progress: bool = False,
     accumulate: str = "float64",
+    rule=None,
+    first_index: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
     """Sum of answer log-probs of every anchor after every demonstration, [N, M] float64.
 
@@ -218,10 +254,16 @@ def one_shot_sums(
     ``candidate_batch_size`` the demonstrations sharing it (so rows <= their product). ``accumulate``:
     "float64" (chunked logsumexp, float64 sums: the more exact sum) or "float32" (the reference's float32
     log_softmax and float32 ``torch.sum`` per anchor, :func:`reference_row_sums`: faithful mode).
+
+    ``rule`` (early decision, :mod:`deita.selection.nuggets.early`): anchor batches are visited in the order
+    drawn from ``seed``; a candidate (pool index ``first_index + row``) stops once ``rule.rejected`` says so,
+    and its remaining pairs are NaN. The batches are those of the full pass, and candidates that share a
+    forward (``candidate_batch_size``) run on until all of them are rejected, so every pair that is computed
+    gets the full pass's value, bit for bit.
     """
     if any(len(d) == 0 for d in demos):
         raise ValueError("every demonstration needs at least one token")
     return _run(model, demos, anchors, anchor_batch_size=anchor_batch_size,
                 candidate_batch_size=candidate_batch_size, pad_id=pad_id, progress=progress,
-                desc="nuggets one-shot", accumulate=accumulate)
+                desc="nuggets one-shot", accumulate=accumulate, rule=rule, first_index=first_index, seed=seed)
 
