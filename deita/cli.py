@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 from omegaconf import DictConfig
 
@@ -167,6 +168,31 @@ def preflight_once(cfg: DictConfig) -> None:
     preflight(cfg)
     os.environ[PREFLIGHT_DONE_ENV] = str(cfg.run_dir)  # inherited by a re-launch's ranks
 
+def set_torch_threads(n: int) -> None:
+    """The ``torch_threads`` policy: ``n`` torch CPU threads in this process; 0 leaves torch's default.
+    Under a launcher with several processes per machine, the launcher's OMP_NUM_THREADS is kept."""
+    if n <= 0 or (under_launcher() and "OMP_NUM_THREADS" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1):
+        return
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def print_summary(cfg: DictConfig, manifests: dict[str, dict], started: float) -> None:
+    """Print the run's summary block (:mod:`deita.summary`); stages finished before ``started`` were skipped."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from deita.summary import summary_lines
+
+    def finished(m: dict) -> float:
+        try:
+            return datetime.strptime(m.get("finished_at", ""), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError:
+            return started
+    skipped = {name for name, m in manifests.items() if finished(m) < int(started)}
+    print("\n".join(summary_lines(Path(cfg.run_dir), manifests, skipped, time.time() - started)), flush=True)
+
 
 def run(cfg: DictConfig) -> None:
     """Validate ``cfg``; then print the plan (``plan=true``), re-launch, or run the pipeline.
@@ -232,15 +258,20 @@ def _run_stages(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from deita import hub
-    from deita.distributed import shutdown
+    from deita import console, hub, stages
+    from deita.distributed import env_dist, shutdown
     from deita.pipeline import run_pipeline
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         log.warning("`accelerate launch train.py -m` makes every rank walk the whole sweep in lockstep; "
                     "prefer `python train.py -m ... launch.num_processes=N`, which launches each point on its own")
-    run_pipeline(cfg)
+    console.configure(bool(cfg.verbose), trains=any(s.produces_model for s in stages.in_pipeline_order(cfg.stages)))
+    set_torch_threads(int(cfg.torch_threads))
+    started = time.time()
+    manifests = run_pipeline(cfg)
+    if env_dist().is_main:
+        print_summary(cfg, manifests, started)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
         shutdown()  # a multirun inside a launcher would reuse the group for its next job
     hub.push(cfg)  # main process only, after the group is gone (an upload must not hold the others' barrier)

@@ -259,6 +259,15 @@ class RootConfig:
     """Training seed."""
     plan: bool = False
     """Print the plan (counts, tokens, steps, GPU-hours) and exit without loading any model."""
+    verbose: bool = False
+    """Show what third-party libraries print (FutureWarnings, DeepSpeed's accelerator notice, per-load and
+    per-save progress bars, the trainer's log dicts) and full log lines. Off: short stage lines, one
+    progress bar per long phase (scoring, embedding, filter, each training stage) and the run summary."""
+    torch_threads: int = 1
+    """Torch CPU threads per process (``torch.set_num_threads``); 0 keeps torch's default (one per core,
+    or ``OMP_NUM_THREADS``). 1 by default: on a shared 2-core machine two threads per process collapse
+    when another job holds a core, and one thread loses little when the machine is idle (measured in
+    BENCHMARKS.md, "Torch threads"). Multi-process launches get one thread per process from accelerate."""
     plan_options: PlanConfig = field(default_factory=PlanConfig)
     """Assumptions of plan mode."""
     launch: LaunchConfig = field(default_factory=LaunchConfig)

@@ -221,7 +221,8 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
     work = run_dir / f".{stage.name}.partial-{fingerprint}"
     if dist.is_main:
         work.mkdir(parents=True, exist_ok=True)
-        log.info("stage %s: running into %s", stage.name, work)
+        log.info("── stage %s ──", stage.name)
+        log.debug("stage %s: running into %s", stage.name, work)
     barrier(f"before stage {stage.name}")
     ctx = StageContext(stage.name, work, run_dir, upstream_dirs, upstream_manifests, dist)
     started = time.time()
@@ -249,7 +250,7 @@ def run_stage(cfg: DictConfig, stage: stages.Stage, run_dir: Path, manifests: di
         manifest["artifacts"] = list_artifacts(work, exclude=(MANIFEST,))
         write_json_atomic(work / MANIFEST, manifest, sort_keys=True)
         _finalize(work, final)
-        log.info("stage %s: done in %.1f s -> %s", stage.name, wall, final)
+        log.info("stage %s: done in %.1f s", stage.name, wall)
     barrier(f"after stage {stage.name}")
     return manifest
 

@@ -25,6 +25,10 @@ class SFTStageConfig(TrainConfig):
     """Pack several conversations into each sequence."""
     assistant_only_loss: bool = True
     """Put loss on assistant tokens only (needs ``{% generation %}`` markers in the template)."""
+    token_metrics: bool = False
+    """Log TRL's per-token ``entropy`` and ``mean_token_accuracy``. Off, the fused LM head computes only the
+    log-probs of the loss, in smaller vocabulary tiles: same loss, less peak memory
+    (:mod:`deita.training.lean_sft`; measured in BENCHMARKS.md)."""
 
 
 def messages_dataset(rows: list[dict]):
@@ -49,10 +53,12 @@ def messages_dataset(rows: list[dict]):
 
 def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     """Fine-tune ``cfg.model`` on ``<run_dir>/select/selected.jsonl``; write ``model/`` into the stage dir."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
+    from deita.console import training_progress
     from deita.data.loading import read_jsonl
     from deita.tracking import tracked_run
+    from deita.training.lean_sft import sft_trainer_class
 
     node = cfg.sft
     # 1. Data: the selection, in selection order, as canonical messages.
@@ -73,8 +79,10 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
         assistant_only_loss=node.assistant_only_loss,
     )
     with tracked_run(cfg, "sft", ctx.run_dir):
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, peft_config=common.peft_config(node.peft))
+        trainer = sft_trainer_class(lean=not node.token_metrics)(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+            peft_config=common.peft_config(node.peft))
+        training_progress(trainer, "sft", bool(cfg.get("verbose", False)))
         # (packed, the dataset holds sequences rather than rows)
         trained_rows = len(train_rows) if node.packing else common.rows_kept(trainer, len(train_rows), "rows")
         # 4. Train, resuming from the last checkpoint of an interrupted run.

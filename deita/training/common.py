@@ -187,13 +187,21 @@ def rows_kept(trainer, n_rows: int, what: str) -> int:
     return kept
 
 
+LAST_LOGGED = ("train_loss", "eval_loss", "rewards/accuracies", "rewards/margins")
+"""Metrics whose last logged value a training stage records (the preference ones when TRL logs them)."""
+
+
 def final_metrics(trainer) -> dict[str, float]:
-    """Last train loss and eval loss from the trainer's log history."""
+    """From the trainer's log history: the first and last logged train loss, and the last value of each
+    :data:`LAST_LOGGED` metric that was logged."""
     metrics: dict[str, float] = {}
     for entry in trainer.state.log_history:
-        for key in ("train_loss", "loss", "eval_loss"):
+        if "loss" in entry:
+            metrics.setdefault("first_logged_loss", float(entry["loss"]))
+            metrics["last_logged_loss"] = float(entry["loss"])
+        for key in LAST_LOGGED:
             if key in entry:
-                metrics[{"loss": "last_logged_loss"}.get(key, key)] = float(entry[key])
+                metrics[key] = float(entry[key])
     metrics["global_steps"] = int(trainer.state.global_step)
     return metrics
 

@@ -45,6 +45,7 @@ def train_on_pairs(cfg: DictConfig, ctx, *, config_class: type, trainer_class: t
     """
     from datasets import Dataset
 
+    from deita.console import training_progress
     from deita.tracking import tracked_run
 
     name, node = ctx.name, cfg[ctx.name]
@@ -64,6 +65,7 @@ def train_on_pairs(cfg: DictConfig, ctx, *, config_class: type, trainer_class: t
     with tracked_run(cfg, name, ctx.run_dir):
         trainer = trainer_class(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                 processing_class=tokenizer, peft_config=common.peft_config(node.peft))
+        training_progress(trainer, name, bool(cfg.get("verbose", False)))
         trained_pairs = common.rows_kept(trainer, len(train_rows), "preference pairs")
         # 4. Train, resuming from the last checkpoint of an interrupted run.
         metrics = common.fit(trainer, node, ctx.work_dir, evaluate=eval_ds is not None)

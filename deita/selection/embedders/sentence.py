@@ -24,6 +24,6 @@ class SentenceEmbedder:
         from deita.selection.filters import l2_normalize
 
         raw = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=False, show_progress_bar=self.show_progress and len(texts) > 256)
+                                normalize_embeddings=False, show_progress_bar=self.show_progress and len(texts) > self.batch_size)
         raw = np.asarray(raw, dtype=np.float32)
         return l2_normalize(raw) if normalize else raw

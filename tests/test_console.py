@@ -1,0 +1,41 @@
+"""A clean terminal: a quiet run prints no third-party warnings or per-shard bars and ends with the summary;
+``verbose=true`` shows what the libraries print. Real subprocess runs of train.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers import run_train, shared_paths
+
+NOISE = ("Warning", "Setting accelerator to CPU", "Writing model shards", "Loading weights",
+         "Running in WANDB offline mode", "'train_runtime'")
+
+
+def test_quiet_tiny_run_has_no_warnings_and_ends_with_the_summary(tmp_path, shared_data):
+    result = run_train(["recipe=tiny", *shared_paths(tmp_path, shared_data), "selection.budget=32",
+                        "sft.max_length=128", "dpo.max_length=128", "stages=[select,sft,dpo,eval]",
+                        f"data.preference=[{{path: {shared_data}/preference/llamafactory_dpo_en_demo.json, limit: 8}}]"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout + result.stderr
+    for noise in NOISE:
+        assert not [line for line in output.splitlines() if noise in line], noise
+    for stage in ("select", "sft", "dpo", "eval"):
+        assert f"── stage {stage} ──" in output
+    assert re.search(r"sft: 100%.*loss=", output)  # one bar per training stage, with its loss
+    summary = result.stdout[result.stdout.index("deita run summary"):]
+    assert result.stdout.rstrip().endswith("─" * 72)
+    for figure in ("select ", "32 selected (budget 32)", "rows trained", "pairs trained", "reward accuracy",
+                   "held-out loss", "selected data", "report", "sft model", "dpo model", "W&B", "total"):
+        assert figure in summary, figure
+
+
+@pytest.mark.slow
+def test_verbose_shows_the_libraries_output(tmp_path, shared_data):
+    result = run_train(["recipe=tiny", "logger=none", "verbose=true", *shared_paths(tmp_path, shared_data),
+                        "selection.budget=8", "sft.max_length=64", "stages=[select,sft]"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = result.stdout + result.stderr
+    assert "FutureWarning" in output and "Writing model shards" in output
+    assert "deita run summary" in result.stdout
