@@ -125,10 +125,29 @@ def ranks_errors(folder: str, status: int) -> tuple[str, int]:
     return "\n".join(lines), code
 
 
+class SweepPointFailed(Exception):
+    """One point of a ``-m`` sweep ended with an error, already printed. Raised instead of exiting, so Hydra
+    records the point as failed and runs the others; the sweep summary lists it and the sweep ends non-zero
+    (:class:`deita.sweep.SweepSummary`)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra ``-m`` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def report_error(message: str, code: int) -> None:
     """End this process with ``message`` and exit status ``code``. A rank of a re-launch records it for the
     launcher instead of printing it; after a bad input (``code`` 2) it then exits 0, so the launcher's
-    agent adds no failure report of its own (the launcher still ends with 2)."""
+    agent adds no failure report of its own (the launcher still ends with 2). In a ``-m`` sweep the point
+    ends instead (:class:`SweepPointFailed`) and the sweep goes on."""
     folder = os.environ.get(ERROR_DIR_ENV)
     if folder and under_launcher():
         from deita.distributed import env_dist
@@ -137,6 +156,8 @@ def report_error(message: str, code: int) -> None:
         write_json_atomic(os.path.join(folder, f"rank-{env_dist().rank}.json"), {"message": message, "code": code})
         sys.exit(0 if code == 2 else code)
     print(message, file=sys.stderr)
+    if in_multirun():
+        raise SweepPointFailed(message, code)
     sys.exit(code)
 
 
@@ -226,8 +247,7 @@ def run(cfg: DictConfig) -> None:
     except RankStalled as err:
         report_error(f"error: {err}", 1)
     except HubError as err:  # after the stages: their artifacts are safe, only the upload failed
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        report_error(f"error: {err}", 1)
 
 
 def _run(cfg: DictConfig) -> None:
@@ -262,8 +282,7 @@ def _run_stages(cfg: DictConfig) -> None:
     from deita.distributed import env_dist, shutdown
     from deita.pipeline import run_pipeline
 
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if in_multirun() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         log.warning("`accelerate launch train.py -m` makes every rank walk the whole sweep in lockstep; "
                     "prefer `python train.py -m ... launch.num_processes=N`, which launches each point on its own")
     console.configure(bool(cfg.verbose), trains=any(s.produces_model for s in stages.in_pipeline_order(cfg.stages)))

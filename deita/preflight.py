@@ -64,8 +64,9 @@ def check_upstreams(cfg: DictConfig, stage, run_dir) -> None:
     find_upstream(cfg, stage, run_dir, planned)
 
 
-def preflight(cfg: DictConfig) -> float:
-    """Check every input of every stage in ``cfg.stages`` (see the module doc); returns the seconds it took."""
+def preflight(cfg: DictConfig, *, upstreams: bool = True) -> float:
+    """Check every input of every stage in ``cfg.stages`` (see the module doc); returns the seconds it took.
+    ``upstreams=False`` leaves out the upstream stages (a sweep checks its points before their run dirs exist)."""
     from pathlib import Path
 
     from deita import stages
@@ -74,7 +75,8 @@ def preflight(cfg: DictConfig) -> float:
     started = time.perf_counter()
     seen: set[str] = set()
     for stage in stages.in_pipeline_order(cfg.stages):
-        check_upstreams(cfg, stage, Path(cfg.run_dir))
+        if upstreams:
+            check_upstreams(cfg, stage, Path(cfg.run_dir))
         for key in stage.data_keys:
             for i, source in enumerate(OmegaConf.select(cfg, key) or []):
                 where = f"{key}[{i}]"

@@ -150,18 +150,85 @@ def summary_html(rows: list[dict], points: list[dict]) -> str:
     return H.page("Sweep summary", body)
 
 
+def failure_line(error: BaseException) -> str:
+    """One line for a failed point's status cell: our own error's message, else the exception's type and text."""
+    from deita.cli import SweepPointFailed
+
+    text = str(error) if isinstance(error, SweepPointFailed) else f"{type(error).__name__}: {error}"
+    text = " ".join(text.removeprefix("error: ").split()).replace("|", "\\|")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, print and write the budget → loss table."""
+    """Hydra callback around a ``-m`` sweep: checks every point before the first runs
+    (:mod:`deita.sweep_points`; a bad point stops the sweep with exit 2 before anything ran), records each
+    point's outcome, and at the end prints and writes the summary table and plot. A point that fails at run
+    time is a ``failed: <error>`` row; the other points still run, and the sweep then exits non-zero (2 when
+    every failure was a bad input, else 1), after writing the summary.
+    """
 
     def __init__(self) -> None:
         self.job_dirs: list[Path] = []
         self.job_overrides: list[list[str]] = []
+        self.job_errors: list[str | None] = []
+        self.job_codes: list[int] = []
+        self.points: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        import sys
+
+        from omegaconf import OmegaConf
+
+        from deita.distributed import env_dist
+        from deita.sweep_points import check_points
+        from deita.validate import ConfigError
+
+        if config_name is None or int(env_dist().world_size) > 1:
+            return  # `accelerate launch train.py -m`: every rank walks the sweep; each point checks itself
+        try:
+            self.points = check_points(config_name, list(OmegaConf.to_container(config.hydra.overrides.task)))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import JobStatus
 
         self.job_dirs.append(Path(HydraConfig.get().runtime.output_dir))
         self.job_overrides.append(list(getattr(job_return, "overrides", None) or []))
+        failed = getattr(job_return, "status", None) == JobStatus.FAILED
+        error = job_return._return_value if failed else None
+        self.job_errors.append(failure_line(error) if failed else None)
+        self.job_codes.append(getattr(error, "code", 1) if failed else 0)
+        if failed:
+            self._log_failure(error)
+        if self.points is not None and len(self.job_dirs) == self.points and any(self.job_codes):
+            self._end_with_failures(config)
+
+    def _log_failure(self, error: BaseException) -> None:
+        """Our errors were printed when they happened; anything else gets its traceback here (Hydra would
+        print only the first failure's, after the last point)."""
+        import sys
+        import traceback
+
+        from deita.cli import SweepPointFailed
+
+        if not isinstance(error, SweepPointFailed):
+            print(f"sweep point {len(self.job_dirs)} failed:\n" + "".join(traceback.format_exception(error)),
+                  file=sys.stderr)
+
+    def _end_with_failures(self, config: DictConfig) -> None:
+        """After the last point, when some failed: write the summary (Hydra's sweeper would raise the first
+        failure instead, before ``on_multirun_end``), name the failed points, exit non-zero."""
+        import sys
+
+        self.on_multirun_end(config)
+        failed = [n for n, code in enumerate(self.job_codes, 1) if code]
+        code = 2 if all(self.job_codes[n - 1] == 2 for n in failed) else 1
+        print(f"error: {len(failed)} of {len(self.job_codes)} sweep points failed (point{'s' if len(failed) > 1 else ''} "
+              f"{', '.join(map(str, failed))}); the others ran; see the status column of the summary", file=sys.stderr)
+        sys.exit(code)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from deita.distributed import env_dist
@@ -169,6 +236,8 @@ class SweepSummary(Callback):
         if not self.job_dirs or not env_dist().is_main:
             return
         rows = collect_rows(self.job_dirs, self.job_overrides)
+        errors = self.job_errors + [None] * (len(rows) - len(self.job_errors))
+        rows = [{"status": "ok" if error is None else f"failed: {error}", **row} for row, error in zip(rows, errors)]
         table = format_table(rows)
         sweep_dir = self.job_dirs[0].parent
         write_text_atomic(sweep_dir / "sweep_summary.md", "# Sweep summary\n\n" + table + "\n")

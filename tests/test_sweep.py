@@ -221,3 +221,49 @@ def test_num_processes_relaunches_under_accelerate(tmp_path, shared_data):
     manifest = _manifest(job, "select")
     assert manifest["world_size"] == 2 and manifest["selected_rows"] == 8
     assert manifest["config"]["launch"]["num_processes"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sweeps with bad points: checked before the first runs; a point failing at run time does not stop the others
+# ---------------------------------------------------------------------------------------------------
+
+def _sweep_args(tmp_path, *overrides):
+    return ["-m", "recipe=tiny", "stages=[select]", "logger=none", f"paths.runs_dir={tmp_path / 'runs'}",
+            f"paths.cache_dir={tmp_path / 'cache'}", *overrides]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["selection.budget=8,-5"], "error: sweep point 2 of 2 (selection.budget=-5): config key 'selection.budget': "
+                                "must be a positive row count or -1 (all), got -5; no point was run"),
+    (["stages=[select,sft]", "model.name_or_path=tiny:llama,/no/such/llama"],
+     "error: sweep point 2 of 2 (model.name_or_path=/no/such/llama): model.name_or_path: /no/such/llama: no such folder"),
+    (["selection.budget=8,16", "+selection.tua=1"], "error: sweep point 1 of 2 (selection.budget=8): config key "
+                                                    "'selection.tua': no such key"),
+])
+def test_every_sweep_point_is_checked_before_the_first_runs(tmp_path, shared_data, overrides, message):
+    result = run_train(_sweep_args(tmp_path, f"paths.shared_data={shared_data}", *overrides), timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "runs").exists()  # no point ran: not even a run dir
+
+
+def test_a_point_failing_at_run_time_is_recorded_and_the_others_run(tmp_path, shared_data):
+    """The bad record lies past preflight's head, so the point passes the checks and fails in its select
+    stage; the point after it still runs, the summary has both, and the sweep exits 2."""
+    good = {"instruction": "q", "output": "a"}
+    bad = tmp_path / "late_bad.jsonl"
+    bad.write_text("".join(json.dumps({**good, "instruction": f"q{i}"}) + "\n" for i in range(100)) + '{"instruction": "x"}\n')
+    fine = tmp_path / "good.jsonl"
+    fine.write_text("".join(json.dumps({**good, "instruction": f"g{i}"}) + "\n" for i in range(40)))
+    result = run_train(_sweep_args(tmp_path, "selection.budget=8", f"data.pool.0.path={bad},{fine}"), timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"error: {bad}: record 100 (line 101): field 'output'" in result.stderr
+    assert "error: 1 of 2 sweep points failed (point 1); the others ran" in result.stderr
+    rows = _table(tmp_path / "runs" / "tiny" / "sweep_summary.md")
+    assert [r["data.pool.0.path"] for r in rows] == [str(bad), str(fine)]
+    assert rows[0]["status"].startswith(f"failed: {bad}: record 100 (line 101)") and rows[0]["selected"] == ""
+    assert rows[1]["status"] == "ok" and rows[1]["selected"] == "8"
+    assert (tmp_path / "runs" / "tiny" / "sweep_summary.html").is_file()
