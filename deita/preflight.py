@@ -3,7 +3,7 @@
 What is checked comes from the stage registry (:mod:`deita.stages`), so a new stage is preflighted by
 declaring its inputs:
 
-* each source under the stage's ``data_keys`` is opened and its first :data:`HEAD_RECORDS` records of each
+* each source under the stage's ``data_keys`` (and each of its ``extra_sources``) is opened and its first :data:`HEAD_RECORDS` records of each
   file are normalised as the stage's ``data_kind`` (format, fields, ``on_error`` as configured); the full
   file is streamed and checked by the stage itself, so preflight costs the same for a 1 KB and a 10 GB pool;
 * each reference of the stage's ``model_refs`` is resolved to a config and a tokenizer
@@ -83,6 +83,10 @@ def preflight(cfg: DictConfig, *, upstreams: bool = True) -> float:
                 if where not in seen:
                     seen.add(where)
                     check_source(source, stage.data_kind, f"{where}.path")
+        for key, (source, kind) in stage.extra_sources(cfg).items():
+            if key not in seen:
+                seen.add(key)
+                check_source(source, kind, key)
         for key, ref in stage.model_refs(cfg).items():
             if key not in seen:
                 seen.add(key)

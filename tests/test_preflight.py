@@ -182,3 +182,19 @@ def test_selection_models_are_keyed_by_what_the_method_loads(tmp_path):
     assert selection_model_refs(cfg) == {"selection.scorer.quality_model": "tiny:llama"}
     cfg = _cfg(tmp_path, "selection=nuggets", "selection.anchors.embedder_model=tiny:mistral")
     assert selection_model_refs(cfg) == {"selection.model": "tiny:llama", "selection.anchors.embedder_model": "tiny:mistral"}
+
+
+def test_a_nuggets_anchor_file_is_preflighted(tmp_path):
+    """A data file named by one key (Nuggets' anchors.path) is checked too, as sft rows, naming the key."""
+    from deita.preflight import preflight
+
+    missing = tmp_path / "anchors.jsonl"
+    cfg = _cfg(tmp_path, "selection=nuggets", "selection.anchors.method=file", f"selection.anchors.path={missing}",
+               "stages=[select]")
+    with pytest.raises(ConfigError, match=rf"^selection.anchors.path: {missing}: no such file or folder"):
+        preflight(cfg)
+    _write_jsonl(missing, [{"prompt": "p", "chosen": "c", "rejected": "r"}])
+    with pytest.raises(ConfigError, match=r"^selection.anchors.path: .*record 0 \(line 1\): expected the keys of a known sft format"):
+        preflight(cfg)
+    _write_jsonl(missing, [{"instruction": "q", "output": "a"}])
+    preflight(cfg)

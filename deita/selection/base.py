@@ -122,6 +122,11 @@ class Selector:
         walk(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(vars(cfg)), "")
         return found
 
+    def source_keys(self) -> dict[str, str]:
+        """Data files this config makes the method read besides the pool, by key inside the selection node
+        (preflight opens them before any stage). The default: none."""
+        return {}
+
     def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
         """For plan mode: (role, model ref, tokens read) of each forward pass over the pool.
 

@@ -26,6 +26,10 @@ def _no_models(cfg) -> dict:
     return {}
 
 
+def _no_sources(cfg) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage: what it reads, what it writes, and the hooks the rest of deita calls.
@@ -48,6 +52,8 @@ class Stage:
       a source in each unless ``data_optional``; preflight (:mod:`deita.preflight`) opens each source and
       checks its first records before any stage runs.
     * ``data_kind``: the row kind its sources must give (``sft``, ``preference`` or ``prompts``).
+    * ``extra_sources(cfg)``: data files named by single config keys rather than source lists (Nuggets'
+      ``selection.anchors.path``), as ``{config key: (source, kind)}``; preflight checks them too.
     * ``model_refs(cfg)``: the model references it loads, as ``{config key: reference}``; hashed by content
       when they are local folders; preflight resolves each to a config and a tokenizer before any stage
       runs, and names the key when one cannot be.
@@ -71,6 +77,7 @@ class Stage:
     data_keys: tuple[str, ...] = ()
     data_optional: bool = False
     data_kind: str = "sft"
+    extra_sources: Callable[[Any], dict] = _no_sources
     model_refs: Callable[[Any], dict] = _no_models
     trainer_args: str | None = None
     check: Callable[[Any], None] | None = None

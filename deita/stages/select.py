@@ -22,6 +22,14 @@ def selection_model_refs(cfg: DictConfig) -> dict[str, str]:
     return {f"selection.{key}": ref for key, ref in keys.items()}
 
 
+def selection_sources(cfg: DictConfig) -> dict[str, tuple]:
+    """Data files the selection method reads besides the pool (e.g. Nuggets' anchor file), by config key."""
+    from deita.selection.base import SELECTORS
+
+    keys = SELECTORS.get(cfg.selection.method)(cfg.selection).source_keys()
+    return {f"selection.{key}": (source, "sft") for key, source in keys.items()}
+
+
 def plan_select(cfg: DictConfig, pool) -> dict:
     """Forward passes of the selection models over the pool (2 FLOPs per parameter and token)."""
     from deita.plan import gpu_hours, params_billions
@@ -49,6 +57,7 @@ STAGE = register(Stage(
     config_keys=("selection", "data.pool"),
     data_keys=("data.pool",),
     model_refs=selection_model_refs,
+    extra_sources=selection_sources,
     plan=plan_select,
     sweep_columns=sweep_columns,
 ))

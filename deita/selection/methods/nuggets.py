@@ -174,6 +174,10 @@ class NuggetsSelector(Selector):
         """See :func:`check_config`."""
         check_config(cfg)
 
+    def source_keys(self) -> dict[str, str]:
+        """The anchor file, with ``anchors.method=file``."""
+        return {"anchors.path": self.cfg.anchors.path} if self.cfg.anchors.method == "file" else {}
+
     def model_keys(self) -> dict[str, str]:
         """The scoring model, the k-means embedder's when it has its own, the diversity embedder's likewise."""
         cfg = self.cfg
