@@ -93,14 +93,14 @@ def main() -> None:
         prompts = [render_prompt(kind, q, a) for q, a in turns]
         fp32_scores = None
         ref_rate = ref = None
-        for dtype in ("float32", "bfloat16"):
+        for dtype, prefix in (("float32", False), ("float32", True), ("bfloat16", True)):
             scorer = DeitaScorer(kind, str(path), dtype=dtype, device=args.device, max_length=2048,
-                                 max_tokens_per_batch=args.max_tokens, show_progress=False)
+                                 max_tokens_per_batch=args.max_tokens, show_progress=False, prefix_cache=prefix)
             n_tokens = sum(len(scorer.tokenizer.encode(x)) for x in prompts)
             scorer.score_turns(turns[:16])  # warm-up
             res, secs = timed(lambda: scorer.score_turns(turns))
             ours = np.asarray(res.scores, dtype=np.float64)
-            if dtype == "float32":
+            if fp32_scores is None:
                 fp32_scores = ours
                 reference_scores(scorer.tokenizer, scorer.model, prompts[:2], scorer.digit_ids, args.device)
                 ref, ref_secs = timed(lambda: reference_scores(scorer.tokenizer, scorer.model,
@@ -110,7 +110,7 @@ def main() -> None:
             d_ref = float(np.max(np.abs(ours[:args.ref_rows] - ref)))
             d_fp32 = float(np.max(np.abs(ours - fp32_scores)))
             rate = args.rows / secs
-            lines.append(f"| {kind} | {dtype} | {args.rows} | {n_tokens} | {secs:.2f} | {rate:.0f} | "
+            lines.append(f"| {kind} | {dtype}{' + prefix KV' if prefix else ''} | {args.rows} | {n_tokens} | {secs:.2f} | {rate:.0f} | "
                          f"{n_tokens / secs:.0f} | {ref_rate:.1f} | {rate / ref_rate:.1f}x | {d_ref:.2e} | {d_fp32:.2e} |")
             print(lines[-1], flush=True)
             del scorer
