@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO_ROOT, run_train, shared_paths
 
 HOLD = ("import sys, time\nfrom deita.rundir import run_lock\n"
@@ -93,8 +95,6 @@ def test_a_bad_value_does_not_remove_a_run_dir_with_finished_stages(tmp_path, sh
 
 
 def test_lock_in_process_names_holder_and_is_reentrant_for_launched_children(tmp_path, monkeypatch):
-    import pytest
-
     from deita.rundir import HELD_ENV, RunDirBusy, run_lock
 
     run_dir = tmp_path / "run"
@@ -110,3 +110,25 @@ def test_lock_in_process_names_holder_and_is_reentrant_for_launched_children(tmp
         with run_lock(run_dir, rank=1):  # other ranks never take it
             pass
     assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.slow  # select + SFT while a second train.py starts: ~35 s on 2 loaded cores
+def test_two_real_runs_in_one_run_dir_the_second_stops_at_once(tmp_path, shared_data):
+    """Before: both ran and crashed on each other's stage folders. Now the second exits 2 naming the first."""
+    args = _args(tmp_path, shared_data, "stages=[select,sft]", "selection.budget=16", "sft.max_length=128")
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    first = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=REPO_ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (locks := list((tmp_path / "runs").glob("tiny/*/.lock"))):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        run_dir = locks[0].parent
+        second = run_train(args)
+        assert second.returncode == 2 and f"is in use by PID {first.pid}" in second.stderr, second.stderr[-3000:]
+        assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    finally:
+        first.kill()
+        first.wait()
+    assert (run_dir / "sft" / "manifest.json").is_file() and not (run_dir / ".lock").exists()
