@@ -136,12 +136,14 @@ def select_subtrees(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
 
 def stage_inputs(cfg: DictConfig, stage: stages.Stage, upstream_manifests: dict[str, dict]) -> dict:
     """Everything that determines the stage's output (hashed into its fingerprint)."""
+    files = {key: hash_file(path) for key, path in stage.input_files(cfg).items()}
     return {
         "stage": stage.name,
         "config": select_subtrees(cfg, stage.fingerprint_keys),
         "data": [source_fingerprint(s) for s in stage.data_sources(cfg)],
         "models": {str(ref): model_fingerprint(ref) for ref in stage.model_refs(cfg).values()},
         "upstream": {name: m["fingerprint"] for name, m in sorted(upstream_manifests.items())},
+        **({"files": files} if files else {}),  # absent when none, so other stages' fingerprints do not move
     }
 
 

@@ -8,6 +8,8 @@ declaring its inputs:
   file is streamed and checked by the stage itself, so preflight costs the same for a 1 KB and a 10 GB pool;
 * each reference of the stage's ``model_refs`` is resolved to a config and a tokenizer
   (:func:`deita.models.resolve.check_model_ref`) without loading any weights;
+* the stage's own ``preflight`` hook opens its other input files (``input_files``: precomputed scores and
+  embeddings) and checks their form;
 * each upstream stage it requires is in ``stages`` or finished in the run directory.
 
 Any failure is a :class:`deita.validate.ConfigError` naming the config key and the path:
@@ -91,6 +93,8 @@ def preflight(cfg: DictConfig, *, upstreams: bool = True) -> float:
             if key not in seen:
                 seen.add(key)
                 check_model_ref(str(ref), key)
+        if stage.preflight is not None:
+            stage.preflight(cfg)
     seconds = time.perf_counter() - started
-    log.info("preflight: every data source and model of stages %s checked in %.2f s", list(cfg.stages), seconds)
+    log.info("preflight: every data source, model and input file of stages %s checked in %.2f s", list(cfg.stages), seconds)
     return seconds

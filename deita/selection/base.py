@@ -127,6 +127,15 @@ class Selector:
         (preflight opens them before any stage). The default: none."""
         return {}
 
+    def input_files(self) -> dict[str, str]:
+        """Non-row files this config makes the method read (precomputed scores, embeddings), by key in the config tree
+        (``selection.precomputed.scores``): hashed by content into the stage fingerprint. Default: none."""
+        return {}
+
+    def preflight(self) -> None:
+        """Open the files of :meth:`input_files` and check their form before any stage runs; raise
+        :class:`deita.validate.ConfigError` naming the key and the file. Default: nothing to check."""
+
     def planned_passes(self, n_rows: int, pool_tokens: float) -> list[tuple[str, str, float]]:
         """For plan mode: (role, model ref, tokens read) of each forward pass over the pool.
 

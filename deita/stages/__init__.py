@@ -30,6 +30,10 @@ def _no_sources(cfg) -> dict:
     return {}
 
 
+def _no_files(cfg) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage: what it reads, what it writes, and the hooks the rest of deita calls.
@@ -57,6 +61,10 @@ class Stage:
     * ``model_refs(cfg)``: the model references it loads, as ``{config key: reference}``; hashed by content
       when they are local folders; preflight resolves each to a config and a tokenizer before any stage
       runs, and names the key when one cannot be.
+    * ``input_files(cfg)``: other files it reads (precomputed scores, ...), as ``{config key: path}``; hashed by
+      content into its fingerprint.
+    * ``preflight(cfg)``: opens those files and checks their form before any stage runs (raises
+      :class:`deita.validate.ConfigError` naming the key and the file).
     * ``trainer_args``: dotted name of the TRL config class its ``<name>.args`` go to (``trl.SFTConfig``);
       their keys and enumerated values are checked at composition (:mod:`deita.trl_args`).
     * ``check(cfg)``: checks of its config that types cannot express; raises
@@ -79,6 +87,8 @@ class Stage:
     data_kind: str = "sft"
     extra_sources: Callable[[Any], dict] = _no_sources
     model_refs: Callable[[Any], dict] = _no_models
+    input_files: Callable[[Any], dict] = _no_files
+    preflight: Callable[[Any], None] | None = None
     trainer_args: str | None = None
     check: Callable[[Any], None] | None = None
     plan: Callable[[Any, Any], dict] | None = None

@@ -30,6 +30,20 @@ def selection_sources(cfg: DictConfig) -> dict[str, tuple]:
     return {f"selection.{key}": (source, "sft") for key, source in keys.items()}
 
 
+def selection_files(cfg: DictConfig) -> dict[str, str]:
+    """Files the selection method reads besides the pool (precomputed scores, embeddings), by config key."""
+    from deita.selection.base import SELECTORS
+
+    return SELECTORS.get(cfg.selection.method)(cfg.selection).input_files()
+
+
+def preflight_select(cfg: DictConfig) -> None:
+    """The selection method's own preflight of those files (columns, shapes, ids counts)."""
+    from deita.selection.base import SELECTORS
+
+    SELECTORS.get(cfg.selection.method)(cfg.selection).preflight()
+
+
 def plan_select(cfg: DictConfig, pool) -> dict:
     """Forward passes of the selection models over the pool (2 FLOPs per parameter and token)."""
     from deita.plan import gpu_hours, params_billions
@@ -58,6 +72,8 @@ STAGE = register(Stage(
     data_keys=("data.pool",),
     model_refs=selection_model_refs,
     extra_sources=selection_sources,
+    input_files=selection_files,
+    preflight=preflight_select,
     plan=plan_select,
     sweep_columns=sweep_columns,
 ))

@@ -22,6 +22,7 @@ from typing import Optional
 
 from deita.config import SelectionModels
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
+from deita.selection.precomputed import PrecomputedInputs
 
 SORT_COLUMNS = {"evol": "evol_score", "complexity": "complexity", "quality": "quality"}
 """``sort_key`` shorthands → table column; any other numeric table column name is accepted as is."""
@@ -103,6 +104,9 @@ class DeitaSelectionConfig(SelectionConfig):
     """Device of the greedy filter's matmuls; 'auto' = GPU when visible."""
     trust_remote_code: bool = False
     """Allow model folders that ship their own modelling code (scorers and embedder)."""
+    precomputed: PrecomputedInputs = field(default_factory=PrecomputedInputs)
+    """Scores and/or embeddings made elsewhere, used instead of the scorers / the embedder (which are then
+    neither loaded nor checked by preflight); ids are matched to the pool before any model loads."""
 
 
 def needed_scorers(sort_key: str) -> tuple[str, ...]:
@@ -151,6 +155,17 @@ def distinct_conversations(rows: list[dict]) -> tuple[list[dict], list[int]]:
     return unique, slot
 
 
+def from_file_rows(res, file_rows):
+    """A filter result over a precomputed file's rows, with its kept rows turned back into pool positions."""
+    import dataclasses
+
+    import numpy as np
+
+    pool_of = np.empty(int(file_rows.max()) + 1 if file_rows.size else 0, dtype=np.int64)
+    pool_of[file_rows] = np.arange(file_rows.size, dtype=np.int64)
+    return dataclasses.replace(res, kept=pool_of[np.asarray(res.kept, dtype=np.int64)])
+
+
 def check_tie_break(tie_break: str) -> None:
     """Raise :class:`deita.validate.ConfigError` naming ``selection.tie_break`` unless it is a known order."""
     from deita.selection.ranking import TIE_BREAKS
@@ -184,9 +199,22 @@ class DeitaSelector(Selector):
 
     def model_keys(self) -> dict[str, str]:
         """The scorers ``sort_key`` needs, and the embedder when ``diversity`` is on."""
-        cfg = self.cfg
-        keys = {f"scorer.{kind}_model": getattr(cfg.scorer, f"{kind}_model") for kind in needed_scorers(cfg.sort_key)}
-        return {**keys, "embedder.model": cfg.embedder.model} if cfg.diversity else keys
+        cfg, pre = self.cfg, self.cfg.precomputed
+        keys = {} if pre.scores else {f"scorer.{kind}_model": getattr(cfg.scorer, f"{kind}_model")
+                                      for kind in needed_scorers(cfg.sort_key)}
+        return {**keys, "embedder.model": cfg.embedder.model} if cfg.diversity and not pre.embeddings else keys
+
+    def input_files(self) -> dict[str, str]:
+        """The precomputed files (hashed into the stage fingerprint)."""
+        from deita.selection.precomputed import input_files
+
+        return input_files(self.cfg.precomputed)
+
+    def preflight(self) -> None:
+        """Open the precomputed files: columns, matrix shape, ids count (:func:`deita.selection.precomputed.preflight`)."""
+        from deita.selection.precomputed import preflight
+
+        preflight(self.cfg.precomputed, self.cfg.sort_key)
 
     def score(self, rows: list[dict], ctx: SelectionContext) -> dict[str, list]:
         """Per-row score columns (cached, sharded), combined into sums and the evol score.
@@ -198,6 +226,10 @@ class DeitaSelector(Selector):
         from deita.fingerprint import hash_rows
         from deita.selection.scorers.pool import score_pool
 
+        if self.cfg.precomputed.scores:
+            from deita.selection.precomputed import load_scores
+
+            return load_scores(self.cfg.precomputed.scores, [str(r["id"]) for r in rows], self.cfg.sort_key)
         unique, slot = distinct_conversations(rows)
         fingerprint = ctx.data_fingerprint if len(unique) == len(rows) else hash_rows(unique)
         opts, cols = self.cfg.scorer, {}
@@ -234,6 +266,11 @@ class DeitaSelector(Selector):
 
         cfg, timings = self.cfg, {}
         check_tie_break(cfg.tie_break)
+        file_rows = None  # precomputed embeddings: each pool row's row in the file (ids matched before any model loads)
+        if cfg.diversity and cfg.precomputed.embeddings:
+            from deita.selection.precomputed import load_embeddings
+
+            emb, file_rows = load_embeddings(cfg.precomputed.embeddings, [str(r["id"]) for r in rows])
         t0 = time.perf_counter()
         table = self.score(rows, ctx)
         timings["score_s"] = time.perf_counter() - t0
@@ -253,14 +290,17 @@ class DeitaSelector(Selector):
                 report[f"{kind}_truncated_turns"] = int(sum(table[f"{kind}_truncated"]))
         if cfg.diversity:
             t1 = time.perf_counter()
-            emb = self.embed(rows, ctx)
+            if file_rows is None:
+                emb = self.embed(rows, ctx)
             timings["embed_s"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             # the filter reads only the ordered rows (NaN-scored rows are not in ``order``), straight from the
-            # stored chunks: never the whole matrix
-            res = greedy_diverse(emb, order, tau=cfg.tau, budget=-1 if limit is None else limit,
+            # stored chunks or the precomputed file (in its own row order): never the whole matrix
+            res = greedy_diverse(emb, order if file_rows is None else file_rows[order], tau=cfg.tau, budget=-1 if limit is None else limit,
                                  block_size=cfg.block_size, device=resolve_device(cfg.filter_device),
                                  progress=ctx.dist.is_main)
+            if file_rows is not None:
+                res = from_file_rows(res, file_rows)
             ranking = [int(i) for i in res.kept]
             for pos, i in enumerate(ranking):
                 nn_sim[i] = float(res.nn_sim[pos])
