@@ -12,7 +12,8 @@ entry's folder and named by its row range, never by rank::
 
 A finished entry is its chunks plus ``index.json`` (format, rows, chunk list, dtype and shape). A killed
 run leaves the chunks it finished; the next run, at any world size, computes only the missing ones
-(split among the ranks in contiguous runs), so its result is byte-identical to an uninterrupted run:
+(split among the ranks in contiguous runs; a rank that finishes early takes unclaimed chunks of the
+others), so its result is byte-identical to an uninterrupted run:
 a chunk's values depend on its rows alone, not on who computed it or when. Every rank writes its own
 chunks and no rank receives another's results over the process group; the results are read back from
 disk, arrays through memory maps (:class:`ChunkedRows`). ``paths.cache_dir`` must therefore be a
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,8 @@ DEFAULT_CHUNK_ROWS = 1024
 batching by length inside a chunk wastes little padding and one chunk file per 1,024 rows stays few."""
 
 INDEX = "index.json"
+CLAIMS = ".claims"
+"""Folder of per-chunk claim files while an entry is being filled (who computes which chunk)."""
 STALE_SECONDS = 600
 """A temp file or foreign-size chunk this old is a leftover of a dead run; younger ones are left alone."""
 SUFFIX = {"array": ".npy", "table": ".parquet"}
@@ -164,6 +168,7 @@ class ChunkedEntry:
                         (self.folder / name).unlink()
                 except FileNotFoundError:  # its writer renamed or removed it meanwhile
                     pass
+        shutil.rmtree(self.folder / CLAIMS, ignore_errors=True)
         write_json_atomic(self.folder / INDEX, index)
         return index
 
@@ -268,12 +273,24 @@ class ChunkedRows:
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
 
-def _assign(missing: list[int], dist) -> list[int]:
-    """This rank's share of the missing chunk numbers: a contiguous run, in rank order."""
+def _work_order(missing: list[int], dist) -> list[int]:
+    """The missing chunk numbers in the order this rank tries them: its own contiguous share first (what
+    it computes when every rank keeps pace), then the other ranks' shares from their ends backwards, so
+    a rank that finishes early takes the chunks their owners would reach last."""
     from deita.distributed import shard_bounds
 
     lo, hi = shard_bounds(len(missing), dist.rank, dist.world_size)
-    return missing[lo:hi]
+    return missing[lo:hi] + (missing[hi:] + missing[:lo])[::-1]
+
+
+def _claim(claims: Path, chunk: Chunk) -> bool:
+    """Take ``chunk`` for this process (an exclusive create in the entry's claims folder); False when another
+    process took it first."""
+    try:
+        os.close(os.open(claims / f"{chunk.start:012d}-{chunk.end:012d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def fill(entry: ChunkedEntry, n_rows: int, compute: Callable[[int, int], Any], dist, *,
@@ -283,22 +300,29 @@ def fill(entry: ChunkedEntry, n_rows: int, compute: Callable[[int, int], Any], d
     ``compute(start, end)`` returns the result for pool rows ``[start, end)`` from those rows alone: an
     array with one leading row per pool row, or a table ``{column: list}`` (``entry.fmt``). Every rank
     calls ``fill`` with the same arguments; the main process decides what is missing, the missing chunks
-    are split among the ranks, each rank writes its own. A progress bar on the main process counts chunks
+    are split among the ranks in contiguous shares, each rank writes its own and then takes unclaimed chunks
+    of slower ranks (an exclusive-create claim file per chunk, so none is computed twice). A progress bar on the main process counts chunks
     done (every rank's, from the folder) of the total, resumed ones included. Returns what was done.
     """
     from deita.distributed import barrier, broadcast_from_main
 
     chunks = plan_chunks(n_rows, chunk_rows)
+    claims = entry.folder / CLAIMS
     state = None
     if dist.is_main:
         finished = entry.index() is not None
         state = (finished, [] if finished else [i for i, ok in enumerate(entry.present(chunks)) if not ok])
+        if not finished:  # claims of a killed run are void
+            shutil.rmtree(claims, ignore_errors=True)
+            claims.mkdir(parents=True, exist_ok=True)
     finished, missing = broadcast_from_main(state)
     if finished:
         return FillStats(chunks=len(entry.chunks()), resumed=0, computed=0, hit=True)
     resumed = len(chunks) - len(missing)
     bar = _progress(dist, len(chunks), resumed, desc)
-    for i in _assign(missing, dist):
+    for i in _work_order(missing, dist):
+        if not _claim(claims, chunks[i]):
+            continue
         entry.write(chunks[i], compute(chunks[i].start, chunks[i].end))
         if bar is not None:
             bar.n = sum(entry.present(chunks))

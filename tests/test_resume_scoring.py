@@ -122,7 +122,7 @@ def _run(tmp_path, model, processes: int, kill_rank: int = -1, kill_after: int =
 
 
 def _chunks_on_disk(tmp_path) -> int:
-    return len(list((tmp_path / "cache").rglob("rows-*")))
+    return sum(1 for p in (tmp_path / "cache").rglob("rows-*") if p.suffix in (".npy", ".parquet"))
 
 
 def _check_resumed(got: dict, uninterrupted, resumed: int) -> None:
@@ -145,7 +145,7 @@ def test_one_rank_of_two_killed_then_resumed_by_one_process_is_byte_identical(tm
     killed = _run(tmp_path, tiny_llama, 2, kill_rank=1, kill_after=2)
     assert killed.returncode != 0 and not (tmp_path / "out.json").exists()
     left = _chunks_on_disk(tmp_path)
-    assert 2 <= left < 8  # rank 1's two chunks at least; the complexity pass never finished
+    assert 2 <= left <= 8  # rank 1's two chunks at least (rank 0 may take the rest); never the index
     _check_resumed(_in_process(tiny_llama, tmp_path / "cache"), uninterrupted, left)  # world size 1, this process
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deita.distributed import DistInfo
-from deita.store import STALE_SECONDS, Chunk, ChunkedEntry, ChunkedRows, _assign, compute_in_memory, fill, plan_chunks
+from deita.store import STALE_SECONDS, Chunk, ChunkedEntry, ChunkedRows, _claim, _work_order, compute_in_memory, fill, plan_chunks
 
 ONE = DistInfo()
 
@@ -34,10 +34,14 @@ def test_plan_chunks_cover_the_pool_in_order():
         plan_chunks(10, 0)
 
 
-def test_missing_chunks_are_shared_out_in_contiguous_runs():
+def test_missing_chunks_are_shared_out_in_contiguous_runs_then_taken_from_the_far_end():
     missing = [0, 2, 3, 5, 7]
-    shares = [_assign(missing, DistInfo(rank=r, world_size=3)) for r in range(3)]
-    assert shares == [[0, 2], [3, 5], [7]]
+    orders = [_work_order(missing, DistInfo(rank=r, world_size=3)) for r in range(3)]
+    assert orders == [[0, 2, 7, 5, 3], [3, 5, 2, 0, 7], [7, 5, 3, 2, 0]]
+
+
+def test_a_chunk_is_claimed_once(tmp_path):
+    assert _claim(tmp_path, Chunk(0, 4)) and not _claim(tmp_path, Chunk(0, 4)) and _claim(tmp_path, Chunk(4, 8))
 
 
 def test_fill_resumes_only_the_missing_chunks_and_finishes(tmp_path):
