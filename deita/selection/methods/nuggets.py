@@ -130,7 +130,7 @@ def check_config(cfg) -> None:
     if len(rules) != 1:
         raise ConfigError(f"config key 'selection.threshold': set exactly one of selection.threshold/top_k/top_fraction "
                           f"(the others null), got {rules or 'none'}")
-    require_range(cfg.threshold, "selection.threshold", ge=0, lt=1, allow_none=True)
+    require_range(cfg.threshold, "selection.threshold", ge=0, le=1, allow_none=True)  # 1: nothing passes, said at run time
     require_range(cfg.top_k, "selection.top_k", ge=1, allow_none=True)
     require_range(cfg.top_fraction, "selection.top_fraction", gt=0, le=1, allow_none=True)
     require_range(cfg.tau, "selection.tau", gt=0, le=1)
