@@ -51,6 +51,7 @@ def validate_config(cfg: DictConfig) -> None:
     require(sel.method in SELECTORS, "selection.method", f"unknown method {sel.method!r}; known: {SELECTORS.names()}")
     require(sel.budget == -1 or sel.budget > 0, "selection.budget", f"must be a positive row count or -1 (all), got {sel.budget}")
     require(sel.on_error in ("raise", "nan"), "selection.on_error", f"must be 'raise' or 'nan', got {sel.on_error!r}")
+    require_range(sel.chunk_rows, "selection.chunk_rows", ge=1)
     SELECTORS.get(sel.method).check(sel)
     for group in ("pool", "preference", "eval_prompts"):
         for i, src in enumerate(cfg.data[group]):

@@ -73,6 +73,10 @@ def test_strict_config_cases_exit_2_through_train_py(tmp_path):
     (["model.dtype=fp8"], "config key 'model.dtype': must be one of"),
     (["launch.num_processes=0"], "config key 'launch.num_processes': must be in [1, inf)"),
     (["plan_options.mfu=1.5"], "config key 'plan_options.mfu': must be in (0, 1]"),
+    (["eval.max_new_tokens=0"], "config key 'eval.max_new_tokens': must be in [1, inf)"),
+    (["eval.temperature=-1"], "config key 'eval.temperature': must be in [0, inf)"),
+    (["eval.limit=0"], "config key 'eval.limit': must be in [1, inf) or null"),
+    (["selection.chunk_rows=0"], "config key 'selection.chunk_rows': must be in [1, inf)"),
 ])
 def test_bad_values_fail_validation_naming_the_key(overrides, message):
     cfg = compose_config(["recipe=tiny", *overrides])

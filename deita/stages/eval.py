@@ -41,7 +41,12 @@ def run_eval_stage(cfg: DictConfig, ctx) -> dict:
 
 
 def check_eval(cfg: DictConfig) -> None:
-    """``eval.model_stage`` names a stage that produces a model."""
+    """``eval.model_stage`` names a stage that produces a model; token budget, temperature and limit in range."""
+    from deita.validate import require_range
+
+    require_range(cfg.eval.max_new_tokens, "eval.max_new_tokens", ge=1)
+    require_range(cfg.eval.temperature, "eval.temperature", ge=0)
+    require_range(cfg.eval.limit, "eval.limit", ge=1, allow_none=True)
     choice = cfg.eval.model_stage
     require(choice is None or choice in model_stages(), "eval.model_stage",
             f"must be null or a stage that produces a model ({model_stages()}), got {choice!r}")
