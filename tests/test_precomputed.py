@@ -155,3 +155,22 @@ def test_preflight_checks_the_files_and_skips_the_models_they_replace(tmp_path):
         preflight(cfg.selection.precomputed, "evol")
     cfg2 = compose_config([*overrides[:-3], f"selection.precomputed.embeddings=null"])
     assert list(selection_model_refs(cfg2)) == ["selection.embedder.model"]
+
+
+def test_distinct_conversations_equals_grouping_by_messages():
+    """Digest-keyed grouping == grouping by the messages themselves (first copy wins, pool order)."""
+    from deita.selection.methods.deita import distinct_conversations
+
+    rng = np.random.default_rng(3)
+    texts = ["a", "b", "ü", "a b", "{\"x\": 1}"]
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": texts[int(rng.integers(0, 5))]},
+                                        {"role": "assistant", "content": texts[int(rng.integers(0, 2))]}]}
+            for i in range(60)]
+    unique, slot = distinct_conversations(rows)
+    seen: list = []
+    for row in rows:
+        if row["messages"] not in seen:
+            seen.append(row["messages"])
+    assert [u["messages"] for u in unique] == seen
+    assert [unique[j]["messages"] for j in slot] == [r["messages"] for r in rows]
+    assert [u["id"] for u in unique] == [next(r["id"] for r in rows if r["messages"] == m) for m in seen]

@@ -140,14 +140,19 @@ def combine_scores(cols: dict[str, list]) -> dict[str, list]:
 
 def distinct_conversations(rows: list[dict]) -> tuple[list[dict], list[int]]:
     """The rows with distinct ``messages`` (the first copy of each, in pool order) and, for every pool row,
-    the position of its copy in that list."""
+    the position of its copy in that list.
+
+    Conversations are keyed by a 16-byte BLAKE2b digest of their canonical JSON, not the JSON itself, so the
+    lookup holds ~100 bytes a row instead of a second copy of the pool's text."""
+    import hashlib
     import json
 
-    first: dict[str, int] = {}
+    first: dict[bytes, int] = {}
     unique: list[dict] = []
     slot: list[int] = []
     for row in rows:
-        key = json.dumps(row.get("messages"), sort_keys=True, ensure_ascii=False)
+        text = json.dumps(row.get("messages"), sort_keys=True, ensure_ascii=False)
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
         if key not in first:
             first[key] = len(unique)
             unique.append(row)
