@@ -90,6 +90,9 @@ def _check_training_node(node: DictConfig, stage: str) -> None:
     require(node.global_batch_size % node.per_device_batch_size == 0, f"{stage}.global_batch_size",
             f"{node.global_batch_size} is not a multiple of per_device_batch_size {node.per_device_batch_size}")
     require(node.max_length > 0, f"{stage}.max_length", f"must be positive, got {node.max_length}")
+    from deita.data.templates import CHAT_TEMPLATES
+
+    require_choice(node.chat_template, f"{stage}.chat_template", CHAT_TEMPLATES.names())
     require(0.0 <= node.eval_fraction < 1.0, f"{stage}.eval_fraction", f"must be in [0, 1), got {node.eval_fraction}")
     args = node.args
     for name in ("learning_rate", "num_train_epochs"):

@@ -76,6 +76,7 @@ def test_strict_config_cases_exit_2_through_train_py(tmp_path):
     (["eval.max_new_tokens=0"], "config key 'eval.max_new_tokens': must be in [1, inf)"),
     (["eval.temperature=-1"], "config key 'eval.temperature': must be in [0, inf)"),
     (["eval.limit=0"], "config key 'eval.limit': must be in [1, inf) or null"),
+    (["sft.chat_template=chatmlx"], "config key 'sft.chat_template': must be one of ['alpaca', 'chatml', 'tokenizer', 'vicuna_v1.1', 'zephyr'], got 'chatmlx'"),
     (["selection.chunk_rows=0"], "config key 'selection.chunk_rows': must be in [1, inf)"),
 ])
 def test_bad_values_fail_validation_naming_the_key(overrides, message):
