@@ -155,6 +155,10 @@ def test_preflight_checks_the_files_and_skips_the_models_they_replace(tmp_path):
         preflight(cfg.selection.precomputed, "evol")
     cfg2 = compose_config([*overrides[:-3], f"selection.precomputed.embeddings=null"])
     assert list(selection_model_refs(cfg2)) == ["selection.embedder.model"]
+    # no filter: the embeddings (their ids file still one short) are neither hashed nor opened
+    cfg3 = compose_config([*overrides, "selection.diversity=false", "selection.sort_key=quality"])
+    assert set(selection_files(cfg3)) == {"selection.precomputed.scores"}
+    run_preflight(cfg3)
 
 
 def test_distinct_conversations_equals_grouping_by_messages():

@@ -67,15 +67,16 @@ def ids_file(path: str | Path) -> Optional[Path]:
     return None
 
 
-def input_files(pre: Any) -> dict[str, str]:
+def input_files(pre: Any, embeddings: bool = True) -> dict[str, str]:
     """The files ``pre`` (a :class:`PrecomputedInputs` node) names, by config key, ids files included: they
-    are hashed into the select stage's fingerprint."""
+    are hashed into the select stage's fingerprint. ``embeddings=False`` (no diversity filter) leaves the
+    embeddings out: they are not read."""
     out: dict[str, str] = {}
     if pre is None:
         return out
     if pre.scores:
         out[SCORES_KEY] = str(pre.scores)
-    if pre.embeddings:
+    if pre.embeddings and embeddings:
         out[EMBEDDINGS_KEY] = str(pre.embeddings)
         ids = ids_file(pre.embeddings)
         if ids is not None:
@@ -180,14 +181,15 @@ def check_embeddings(path: str):
     return matrix, ids
 
 
-def preflight(pre: Any, sort_key: str) -> None:
+def preflight(pre: Any, sort_key: str, embeddings: bool = True) -> None:
     """Preflight's check of the precomputed files: readable, the needed columns, the matrix's shape and
-    ids count. Ids are matched against the pool by :func:`align` once the pool is loaded."""
+    ids count (the embeddings only when ``embeddings``: the filter runs). Ids are matched against the pool
+    by :func:`align` once the pool is loaded."""
     if pre is None:
         return
     if pre.scores:
         check_score_columns(_score_frame(pre.scores, head=True).columns, sort_key, pre.scores)
-    if pre.embeddings:
+    if pre.embeddings and embeddings:
         check_embeddings(pre.embeddings)
 
 

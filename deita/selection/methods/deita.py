@@ -210,16 +210,16 @@ class DeitaSelector(Selector):
         return {**keys, "embedder.model": cfg.embedder.model} if cfg.diversity and not pre.embeddings else keys
 
     def input_files(self) -> dict[str, str]:
-        """The precomputed files (hashed into the stage fingerprint)."""
+        """The precomputed files it reads (hashed into the stage fingerprint); embeddings only with diversity on."""
         from deita.selection.precomputed import input_files
 
-        return input_files(self.cfg.precomputed)
+        return input_files(self.cfg.precomputed, embeddings=self.cfg.diversity)
 
     def preflight(self) -> None:
         """Open the precomputed files: columns, matrix shape, ids count (:func:`deita.selection.precomputed.preflight`)."""
         from deita.selection.precomputed import preflight
 
-        preflight(self.cfg.precomputed, self.cfg.sort_key)
+        preflight(self.cfg.precomputed, self.cfg.sort_key, embeddings=self.cfg.diversity)
 
     def score(self, rows: list[dict], ctx: SelectionContext) -> dict[str, list]:
         """Per-row score columns (cached, sharded), combined into sums and the evol score.
