@@ -88,11 +88,11 @@ def run_sft(args) -> dict:
         cfg = SFTConfig(**kwargs, assistant_only_loss=True)
         trainer = sft_trainer_class(args.variant == "lean")(model=model, args=cfg, train_dataset=ds,
                                                             processing_class=tok)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         trainer.train()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return {"seconds": seconds, "losses": losses,
+    return {"seconds": seconds, "cpu_seconds": round(cpu, 1), "losses": losses,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 

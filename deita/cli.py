@@ -259,6 +259,9 @@ def _run(cfg: DictConfig) -> None:
 
         print_plan(cfg)
         return
+    from deita import console
+
+    console.short_log_lines(bool(cfg.verbose))  # before the first log line (preflight's)
     preflight_once(cfg)
     from deita import hub
 

@@ -1,11 +1,12 @@
 """What the terminal shows: short stage lines and one progress bar per long phase, unless ``verbose=true``.
 
 :func:`configure` runs once per process, before the first stage. Quiet (the default) it silences what
-third-party libraries print that says nothing about this run: Python warnings raised outside deita
-(FutureWarnings about deprecated arguments, ...), DeepSpeed's "Setting accelerator to CPU" notice, the
-per-load and per-save bars of transformers ("Loading weights", "Writing model shards"), the per-map bars
-of ``datasets``, and the training loop's printed log dicts (the training bar shows the loss instead,
-:class:`QuietProgress`). ``verbose=true`` leaves all of them as the libraries print them.
+third-party libraries print that says nothing about this run: Python warnings (deita reports through
+logging; a library's FutureWarning about a deprecated argument is often attributed to the deita line that
+called it), DeepSpeed's "Setting accelerator to CPU" notice, the per-load and per-save bars of
+transformers ("Loading weights", "Writing model shards"), the per-map bars of ``datasets``, and the
+training loop's printed log dicts (the training bar shows the loss instead, :func:`training_progress`).
+``verbose=true`` leaves all of them as the libraries print them.
 Log lines keep their meaning and level; they lose the date and logger name in quiet mode.
 """
 
@@ -33,13 +34,12 @@ def configure(verbose: bool, trains: bool = False) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     if verbose:
         return
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"deita(\.|$)")
+    warnings.filterwarnings("ignore")  # deita itself warns through logging, which stays on
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # processes this one starts (accelerate re-launch)
     logging.getLogger("DeepSpeed").addFilter(_DropDeepSpeedNotices())  # before deepspeed's first import
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    _short_log_lines()
+    short_log_lines(verbose)
     import datasets
     import transformers
 
@@ -55,8 +55,11 @@ def configure(verbose: bool, trains: bool = False) -> None:
             import transformers.integrations.integration_utils  # noqa: F401
 
 
-def _short_log_lines() -> None:
-    """``HH:MM:SS message`` (WARNING/ERROR keep their level) on the console handlers Hydra installed."""
+def short_log_lines(verbose: bool) -> None:
+    """``HH:MM:SS message`` (WARNING/ERROR keep their level) on the console handlers Hydra installed;
+    ``verbose`` keeps Hydra's full format (date, logger name, level)."""
+    if verbose:
+        return
 
     class Short(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
