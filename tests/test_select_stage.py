@@ -71,7 +71,10 @@ def test_a_short_selection_warns_in_report_manifest_and_log(tmp_path, shared_dat
     assert manifest["selected_rows"] == 20 and manifest["budget"] == 30 and manifest["warnings"] == [warning]
     assert f"- **shortfall**: {warning}" in (select / "report.md").read_text()
     log_lines = (result.stdout + result.stderr).splitlines()
-    assert log_lines[-1].endswith(f"run finished; stage select warned: {warning}")
+    from deita.summary import RULE
+
+    before_summary = log_lines[:log_lines.index(RULE)] if RULE in log_lines else log_lines  # the run summary closes the log
+    assert before_summary[-1].endswith(f"run finished; stage select warned: {warning}")
 
 
 def test_an_empty_selection_stops_the_run_with_the_methods_reason(tmp_path, shared_data, tiny_llama):
