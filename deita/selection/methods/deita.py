@@ -72,7 +72,8 @@ class DeitaEmbedderOptions:
     prefix_cache: bool = True
     """Causal-LM embedders: run the template's fixed head (vicuna_v1.1: system prompt and "USER: ") once and
     every conversation from its keys/values; conversations whose tokens differ at the boundary run whole.
-    Vectors move only by float rounding (within 1e-5, tested)."""
+    Vectors move only by float rounding (raw vectors within 1e-5 on the tiny test models; normalised SmolLM2
+    vectors by at most 4.6e-7 on 20 Alpaca rows)."""
     device: str = "auto"
     """Torch device; 'auto' = this process's GPU when one is visible, else CPU."""
 
