@@ -45,7 +45,9 @@ def _log_probs_only(add_fused_lm_head):
 
 @contextlib.contextmanager
 def _lean_head():
-    """While TRL builds the trainer: its fused head computes log-probs only, in ``VOCAB_TILE`` tiles."""
+    """While TRL builds the trainer, its fused head is added for log-probs only. The tile width is TRL's
+    module constant, read at every fused forward, so it stays ``VOCAB_TILE`` for the rest of the process
+    (a later DPO stage's fused head uses it too: a memory setting, its loss is the same)."""
     import trl.trainer.sft_trainer as sft_module
     import trl.trainer.utils as utils_module
 
