@@ -1,7 +1,9 @@
 """Nuggets threshold selection: early decision (default) vs the full computation (selection.exact_scores=true).
 
 Usage: python benchmarks/bench_nuggets_early.py --model tiny:llama --candidates 300 --anchor-method file \
-           --anchors 100 --threshold 0.85 --threads 1 --reps 3
+           --anchors 100 --threshold 0.85 --threads 1 --reps 3 [--anchor-batch-sizes 32,8]
+With several ``--anchor-batch-sizes``, both paths run at each size (all interleaved, the order rotating
+every repetition) and every ratio is against the full computation at the first size.
 Both paths run the whole method (:meth:`NuggetsSelector.rank`: model load, zero-shot pass, one-shot pass,
 the rule) on the same rows in one process, interleaved (the order alternates every repetition), each with
 its scores recomputed: the one-shot and zero-shot store entries are deleted before every run; k-means anchor
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--anchor-batch-size", type=int, default=32)
+    ap.add_argument("--anchor-batch-sizes", default="", help="comma-separated; overrides --anchor-batch-size")
     ap.add_argument("--cache-root", default="/work/main/.cache")
     args = ap.parse_args()
 
@@ -57,11 +60,13 @@ def main() -> None:
     nuggets = SELECTORS.get("nuggets")
     cache = ContentCache(work / "cache")
 
-    def run(exact: bool):
+    sizes = [int(x) for x in args.anchor_batch_sizes.split(",") if x] or [args.anchor_batch_size]
+
+    def run(exact: bool, size: int = sizes[0]):
         for kind in ("nuggets_one_shot", "nuggets_zero_shot"):
             shutil.rmtree(work / "cache" / kind, ignore_errors=True)
         cfg = nuggets.config_class(model="bench", mode=args.mode, threshold=args.threshold, exact_scores=exact,
-                                   anchor_batch_size=args.anchor_batch_size)
+                                   anchor_batch_size=size)
         cfg.anchors.method, cfg.anchors.k, cfg.anchors.path = args.anchor_method, args.anchors, str(anchor_file)
         ctx = SelectionContext(cache=cache, dist=DistInfo(), data_fingerprint="bench", model_resolver=lambda ref: path)
         t = time.perf_counter()
@@ -69,35 +74,42 @@ def main() -> None:
         return res, time.perf_counter() - t
 
     run(False)  # warm-up: lazy imports, allocator, k-means anchor embeddings (kept for every later run)
-    paths = [("full (exact_scores=true)", True), ("early decision", False)]
-    times = {name: [] for name, _ in paths}
-    same, report, full_gs = True, None, None
+    tag = (lambda s: f" @ anchor_batch_size {s}") if len(sizes) > 1 else (lambda s: "")
+    paths = [(f"{label}{tag(size)}", exact, size) for size in sizes
+             for label, exact in (("full (exact_scores=true)", True), ("early decision", False))]
+    times = {name: [] for name, _, _ in paths}
+    reports = {}
+    same, full_gs = True, None
     for rep in range(args.reps):
         out = {}
-        for name, exact in (paths if rep % 2 == 0 else paths[::-1]):
-            out[name], t = run(exact)
+        for name, exact, size in paths[rep % len(paths):] + paths[: rep % len(paths)]:  # rotate every rep
+            out[name], t = run(exact, size)
             times[name].append(t)
-        full, early = out[paths[0][0]], out[paths[1][0]]
-        same &= full.ranking == early.ranking
-        report, full_gs = early.report, np.asarray(full.table["golden_score"])
-        gs = np.asarray(early.table["golden_score"])
-        exact = np.asarray(early.table["golden_exact"])
-        same &= bool(np.array_equal(gs[exact], full_gs[exact]))
-    ratio = np.array(times[paths[0][0]]) / np.array(times[paths[1][0]])
+        full = out[paths[0][0]]
+        full_gs = np.asarray(full.table["golden_score"])
+        for name, exact, _ in paths[1:]:
+            res = out[name]
+            same &= full.ranking == res.ranking
+            gs, ok = np.asarray(res.table["golden_score"]), np.asarray(res.table["golden_exact"])
+            same &= bool(np.array_equal(gs[ok], full_gs[ok]))
+            if not exact:
+                reports[name] = res.report
     print(f"model={args.model} mode={args.mode} candidates={len(rows)} anchors={args.anchor_method} "
-          f"({report['anchors']}) threshold={args.threshold} threads={torch.get_num_threads()} reps={args.reps} "
-          f"anchor_batch_size={args.anchor_batch_size}")
+          f"({full.report['anchors']}) threshold={args.threshold} threads={torch.get_num_threads()} reps={args.reps} "
+          f"anchor_batch_size={','.join(map(str, sizes))}")
     print(f"golden scores (full): median {np.median(full_gs):.2f}, > threshold: {int((full_gs > args.threshold).sum())}")
     print("seconds per rep: " + "; ".join(f"{name} {[round(x, 1) for x in ts]}" for name, ts in times.items()))
-    print("| path | seconds (median) | speed vs full |")
-    print("|---|---|---|")
-    for name, _ in paths:
-        print(f"| {name} | {np.median(times[name]):.1f} | "
-              f"{np.median(times[paths[0][0]]) / np.median(times[name]):.2f}x |")
-    print(f"median of per-rep ratios (full / early): {float(np.median(ratio)):.2f}x")
-    print(f"anchor passes skipped: {report['anchor_passes_skipped']} of {report['anchor_passes']} "
-          f"({100 * report['anchor_passes_skipped_fraction']:.1f}%); exact golden scores {report['exact_golden_scores']}"
-          f" of {len(rows)}; selected rows {report['accepted_by_rule']}")
+    base = paths[0][0]
+    print(f"| path | seconds (median) | speed vs {base} (ratio of medians) | median of per-rep ratios |")
+    print("|---|---|---|---|")
+    for name, _, _ in paths:
+        ratio = np.array(times[base]) / np.array(times[name])
+        print(f"| {name} | {np.median(times[name]):.1f} | {np.median(times[base]) / np.median(times[name]):.2f}x | "
+              f"{float(np.median(ratio)):.2f}x |")
+    for name, report in reports.items():
+        print(f"{name}: anchor passes skipped {report['anchor_passes_skipped']} of {report['anchor_passes']} "
+              f"({100 * report['anchor_passes_skipped_fraction']:.1f}%); exact golden scores "
+              f"{report['exact_golden_scores']} of {len(rows)}; selected rows {report['accepted_by_rule']}")
     print(f"identical selected rows and order (and equal exact scores) in every rep: {same}")
     shutil.rmtree(work, ignore_errors=True)
 

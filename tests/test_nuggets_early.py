@@ -188,3 +188,35 @@ def test_method_early_equals_exact_scores_and_reports_skips(tmp_path, tiny_llama
     misses = [name for name in cache.stats["misses"] if name.startswith("nuggets_one_shot/")]
     hits = [name for name in cache.stats["hits"] if name.startswith("nuggets_one_shot/")]
     assert len(set(misses)) == 3 and hits == misses[:1]  # one exact entry for both rules; each early rule its own
+
+
+def test_early_entry_resumes_from_its_chunks(tmp_path, tiny_llama):
+    """A killed early run (index and one chunk gone) resumes: the chunk is recomputed from its rows alone,
+    with the same NaN pattern and sums, so the result equals the uninterrupted run's."""
+    import shutil
+
+    from deita.cache import ContentCache
+    from deita.distributed import DistInfo
+    from deita.selection.base import SELECTORS, SelectionContext
+
+    rows = _rows()
+    nuggets = SELECTORS.get("nuggets")
+    cfg = nuggets.config_class(model="tiny", mode="faithful", anchor_batch_size=2, threshold=None, top_k=2)
+    cfg.anchors.method, cfg.anchors.k = "random", 9
+
+    def run(root):
+        cache = ContentCache(root, chunk_rows=10)
+        ctx = SelectionContext(cache=cache, dist=DistInfo(), data_fingerprint="fp",
+                               model_resolver=lambda ref: str(tiny_llama))
+        return nuggets(cfg).rank(rows, ctx, None), cache
+
+    first, cache = run(tmp_path / "a")
+    folder = tmp_path / "a" / cache.stats["misses"][-1]
+    assert folder.parent.name == "nuggets_one_shot"
+    (folder / "index.json").unlink()
+    (folder / "rows-000000000010-000000000020.npy").unlink()
+    again, cache = run(tmp_path / "a")
+    assert list(cache.stats["chunks"].values())[-1] == {"chunks": 3, "resumed": 2, "computed": 1}
+    assert again.ranking == first.ranking and again.table["golden_exact"] == first.table["golden_exact"]
+    np.testing.assert_array_equal(again.table["golden_score_high"], first.table["golden_score_high"])
+    shutil.rmtree(tmp_path / "a")
