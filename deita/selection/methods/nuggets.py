@@ -76,8 +76,11 @@ class NuggetsSelectionConfig(SelectionConfig):
     """'auto' (this rank's GPU if any, else CPU), 'cpu', 'cuda', ..."""
     trust_remote_code: bool = False
     """Passed to from_pretrained; never on by default."""
-    anchor_batch_size: int = 32
-    """Anchors per one-shot forward (results do not depend on it)."""
+    anchor_batch_size: int = 8
+    """Anchors per one-shot forward (results do not depend on it). 8, the reference's batch size: early
+    decision checks a candidate after each batch, so small batches stop rejected candidates sooner, and on
+    CPU the full computation runs as fast at 8 as at 32 (BENCHMARKS.md, "Nuggets early decision"). On a GPU
+    with exact_scores=true, larger batches may pay."""
     candidate_batch_size: int = 1
     """Candidates per one-shot forward (results do not depend on it). 1 is fastest on CPU: several need
     right-padded demonstrations, hence a padding mask and K/V copies (benchmarks/results/nuggets.md)."""
