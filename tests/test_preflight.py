@@ -184,7 +184,7 @@ def test_selection_models_are_keyed_by_what_the_method_loads(tmp_path):
     assert selection_model_refs(cfg) == {"selection.model": "tiny:llama", "selection.anchors.embedder_model": "tiny:mistral"}
 
 
-def test_a_nuggets_anchor_file_is_preflighted(tmp_path):
+def test_a_nuggets_anchor_file_is_preflighted(tmp_path, shared_data):
     """A data file named by one key (Nuggets' anchors.path) is checked too, as sft rows, naming the key."""
     from deita.preflight import preflight
 
