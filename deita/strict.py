@@ -63,3 +63,32 @@ def check_known_keys(cfg: DictConfig) -> None:
                 walk(node._get_node(name), f"{path}.{name}" if path else name)
 
     walk(cfg, "")
+
+
+def composition_error(err: BaseException) -> str:
+    """One line for Hydra's error while composing the command line: ``config key 'selection.budget': Value
+    'abc' of type 'str' could not be converted to Integer``; a key the node lacks (given without ``+``)
+    gets the closest valid name, as :func:`check_known_keys` gives it."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        key = str(cause.full_key)
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            path, _, name = key.rpartition(".")
+            schema = cause.object_type
+            if dataclasses.is_dataclass(schema):
+                valid = [f.name for f in dataclasses.fields(schema) if f.name != "defaults"]
+                hint = _suggestion(name, valid, path, _trl_fields(path))
+            else:  # a free-form node: `<stage>.args` takes the TRL config's fields
+                valid = _trl_fields(path[: -len(".args")]) if path.endswith(".args") else []
+                hint = _suggestion(name, valid, path, []) if valid else ""
+            where = f" in {schema.__name__}" if dataclasses.is_dataclass(schema) else ""
+            return f"config key '{key}': no such key{where}{hint}"
+        return f"config key '{key}': {str(cause.msg).splitlines()[0]}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    options = getattr(err, "options", None)  # a config group option that does not exist
+    if options:
+        return f"{lines[0]}; available: {', '.join(o for o in options if not o.endswith('_schema'))}"
+    override = getattr(err, "override", None)  # a command-line override Hydra cannot parse
+    return f"override {override!r}: {lines[0]}" if override else " ".join(lines)

@@ -35,12 +35,13 @@ def check_point(config_name: str, overrides: list[str]) -> None:
 
     from deita.data.errors import DataError
     from deita.preflight import preflight
+    from deita.strict import composition_error
     from deita.validate import validate_config
 
     try:
         cfg = compose(config_name=config_name, overrides=overrides)
     except HydraException as err:
-        raise ConfigError(" ".join(str(err).split())) from None
+        raise ConfigError(composition_error(err)) from None
     cfg.run_dir, cfg.recipe_name = "", "sweep-check"  # Hydra's runtime values do not exist before the launch
     try:
         validate_config(cfg)

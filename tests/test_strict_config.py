@@ -23,6 +23,13 @@ CLI_CASES = [
     (["sft.args.lr_scheduler_type=cosin"], "config key 'sft.args.lr_scheduler_type': 'cosin' is not one of"),
     (["selection=deita", "selection.tau=-1"], "config key 'selection.tau': must be in (0, 1], got -1"),
     (["selection=nuggets", "selection.dtype=bfloat16"], "config key 'selection.dtype': mode=faithful scores in float32"),
+    # Hydra's own composition errors (deita/__main__.py makes them one line, exit 2; they were Hydra's text, exit 1)
+    (["selection.budget=abc"], "config key 'selection.budget': Value 'abc' of type 'str' could not be converted to Integer"),
+    (["sft.args.learnin_rate=1"], "config key 'sft.args.learnin_rate': no such key; did you mean 'sft.args.learning_rate'?"),
+    (["data.pool.0.limt=5"], "config key 'data.pool[0].limt': no such key in DataSource; did you mean 'data.pool[0].limit'?"),
+    (["selection.tau=0.5"], "config key 'selection.tau': no such key in RandomSelectionConfig; valid keys under 'selection'"),
+    (["selection=nope"], "In 'config': Could not find 'selection/nope'; available: deita, ifd, length, nuggets, random,"),
+    (["selection.budget=["], "override 'selection.budget=[': "),
 ]
 
 
