@@ -7,10 +7,9 @@ any working directory; the run directory, the cache and the data paths stay rela
 a deterministic run directory. See README.md for the config reference.
 """
 
-from pathlib import Path
-
 import os
 import sys
+from pathlib import Path
 
 import hydra
 import hydra._internal.utils as hydra_utils
