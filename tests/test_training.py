@@ -297,25 +297,44 @@ def _with_callback(monkeypatch, callback) -> None:
     monkeypatch.setattr(trl, "SFTTrainer", type("SFTTrainer", (base,), {"__init__": __init__}))
 
 
+
+def _crash_after_save(step: int):
+    """A TrainerCallback class that raises KeyboardInterrupt right after checkpoint-``step`` is saved."""
+    from transformers import TrainerCallback
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise KeyboardInterrupt(f"killed after checkpoint-{step}")
+
+    return CrashAfterSave
+
+
+def _step_recorder_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class _StepRecorder(_step_recorder_base()):
+    """Records the step training starts at and every step it ends."""
+
+    def __init__(self):
+        self.started_at, self.steps = None, []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started_at = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, monkeypatch, caplog):
     from transformers import TrainerCallback
 
     from deita.pipeline import run_pipeline
 
-    class CrashAfterSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                raise KeyboardInterrupt("killed after checkpoint-2")
-
-    class Steps(TrainerCallback):
-        def __init__(self):
-            self.started_at, self.steps = None, []
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started_at = state.global_step
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps.append(state.global_step)
+    CrashAfterSave, Steps = _crash_after_save(2), _StepRecorder
 
     run_dir = tmp_path / "run"
     _fake_select(run_dir, shared_data, 16)
@@ -353,20 +372,7 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, share
 
     from deita.pipeline import run_pipeline
 
-    class CrashAfterSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise KeyboardInterrupt("killed after checkpoint-3")
-
-    class Steps(TrainerCallback):
-        def __init__(self):
-            self.started_at, self.steps = None, []
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started_at = state.global_step
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps.append(state.global_step)
+    CrashAfterSave, Steps = _crash_after_save(3), _StepRecorder
 
     run_dir = tmp_path / "run"
     _fake_select(run_dir, shared_data, 16)
