@@ -330,8 +330,6 @@ class _StepRecorder(_step_recorder_base()):
 
 
 def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, monkeypatch, caplog):
-    from transformers import TrainerCallback
-
     from deita.pipeline import run_pipeline
 
     CrashAfterSave, Steps = _crash_after_save(2), _StepRecorder
@@ -368,8 +366,6 @@ def test_interrupted_sft_resumes_from_last_checkpoint(tmp_path, shared_data, mon
 def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, shared_data, monkeypatch, caplog, damage):
     """Before: the newest checkpoint-N was taken as is and every retry crashed. Now the newest *complete*
     one is used, the broken one is named in the log and removed, and training still ends at step 4."""
-    from transformers import TrainerCallback
-
     from deita.pipeline import run_pipeline
 
     CrashAfterSave, Steps = _crash_after_save(3), _StepRecorder
