@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from deita import stages
 from deita.artifacts import artifact_problem, list_artifacts
 from deita.distributed import DistInfo, barrier, gather_concat, init_distributed
-from deita.fingerprint import hash_file, hash_json, hub_revision
+from deita.fingerprint import hash_file_remembered, hash_json, hub_revision
 from deita.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -63,19 +63,20 @@ class StageContext:
     dist: DistInfo
 
 
-def source_fingerprint(source: Any) -> dict:
+def source_fingerprint(source: Any, memo_dir: Path | None = None) -> dict:
     """Identify a data source by content: file bytes for local files and folders; for hub data the name and
-    its revision (given, or the commit the local Hugging Face cache resolves; :func:`deita.fingerprint.hub_revision`)."""
+    its revision (given, or the commit the local Hugging Face cache resolves; :func:`deita.fingerprint.hub_revision`).
+    Large files' hashes are remembered in ``memo_dir`` (:func:`deita.fingerprint.hash_file_remembered`)."""
     from deita.data.errors import reading
 
     path = Path(str(source.path))
     options = {k: source[k] for k in source if k not in ("path", "revision")}
     with reading(str(path)):  # an unreadable file is a data error (one line naming it), not a traceback
         if path.is_file():
-            return {"file": path.name, "sha256": hash_file(path), **options}
+            return {"file": path.name, "sha256": hash_file_remembered(path, memo_dir), **options}
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file())
-            return {"dir": path.name, "sha256": hash_json([[str(p.relative_to(path)), hash_file(p)] for p in files]), **options}
+            return {"dir": path.name, "sha256": hash_json([[str(p.relative_to(path)), hash_file_remembered(p, memo_dir)] for p in files]), **options}
     revision = hub_revision(str(source.path), "dataset", source.get("revision"))
     return {"hub": str(source.path), **options, **({"revision": revision} if revision else {})}
 
@@ -134,13 +135,19 @@ def select_subtrees(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
     return out
 
 
+def file_hash_memo(cfg: DictConfig) -> Path:
+    """Where input files' hashes are remembered between runs: ``<paths.cache_dir>/file_hashes``."""
+    return Path(cfg.paths.cache_dir) / "file_hashes"
+
+
 def stage_inputs(cfg: DictConfig, stage: stages.Stage, upstream_manifests: dict[str, dict]) -> dict:
     """Everything that determines the stage's output (hashed into its fingerprint)."""
-    files = {key: hash_file(path) for key, path in stage.input_files(cfg).items()}
+    memo = file_hash_memo(cfg)
+    files = {key: hash_file_remembered(path, memo) for key, path in stage.input_files(cfg).items()}
     return {
         "stage": stage.name,
         "config": select_subtrees(cfg, stage.fingerprint_keys),
-        "data": [source_fingerprint(s) for s in stage.data_sources(cfg)],
+        "data": [source_fingerprint(s, memo) for s in stage.data_sources(cfg)],
         "models": {str(ref): model_fingerprint(ref) for ref in stage.model_refs(cfg).values()},
         "upstream": {name: m["fingerprint"] for name, m in sorted(upstream_manifests.items())},
         **({"files": files} if files else {}),  # absent when none, so other stages' fingerprints do not move
