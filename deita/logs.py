@@ -3,6 +3,8 @@
 Console output stays on the main process (stages log there only); each rank's file keeps what that rank
 logged, warnings and errors of every rank included, so a rank that died or hung at scale can be read on
 its own. Every line names its rank. Files are appended to, so a resumed run continues its ranks' logs.
+Hydra's own log file (``<run_dir>/deita.log``) is the main rank's: other ranks stop writing to it while
+the run is logged here, so N processes do not interleave their lines in one file.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def rank_log(run_dir: str | os.PathLike, rank: int, world_size: int) -> Iterator
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(FORMAT.format(rank=int(rank))))
     root.addHandler(handler)
+    shared = [] if int(rank) == 0 else [h for h in root.handlers if type(h) is logging.FileHandler]
+    for h in shared:  # Hydra's deita.log: the main rank's alone
+        root.removeHandler(h)
     try:
         logging.getLogger(__name__).info("rank %d of %d, pid %d on %s, logging to %s", rank, world_size,
                                          os.getpid(), socket.gethostname(), path)
@@ -44,3 +49,5 @@ def rank_log(run_dir: str | os.PathLike, rank: int, world_size: int) -> Iterator
     finally:
         root.removeHandler(handler)
         handler.close()
+        for h in shared:
+            root.addHandler(h)

@@ -69,6 +69,8 @@ def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data)
     logs = {rank: (run_dir / "logs" / f"rank{rank}.log").read_text() for rank in (0, 1)}  # one file per rank
     assert "[rank 1]" in logs[1] and "rank 1 of 2" in logs[1] and "[rank 0]" not in logs[1]
     assert "stage select: done" in logs[0] and "stage dpo: done" in logs[0]
+    hydra_log = (run_dir / "deita.log").read_text()  # Hydra's file is the main rank's alone
+    assert "rank 0 of 2" in hydra_log and "rank 1 of 2" not in hydra_log
 
 
 def test_multirun_writes_one_deterministic_dir_per_job(tmp_path, shared_data):
