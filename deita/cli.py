@@ -238,11 +238,11 @@ def run(cfg: DictConfig) -> None:
         report_error(f"error: {err}", 2)
     except (ConfigError, DataError, StageInputError) as err:
         if env_dist().rank == 0:
-            remove_if_unused(cfg.run_dir)
+            remove_if_unused(cfg.run_dir, cfg.paths.runs_dir)
         report_error(f"error: {err}{shared_data_hint(cfg, err)}", 2)
     except LaunchedJobFailed as err:
         if err.code == 2:
-            remove_if_unused(cfg.run_dir)
+            remove_if_unused(cfg.run_dir, cfg.paths.runs_dir)
         report_error(str(err), err.code)
     except RankStalled as err:
         report_error(f"error: {err}", 1)

@@ -7,8 +7,9 @@ whose lock it was. In a multi-process job only one process holds it: the launchi
 re-launches itself (its children see :data:`HELD_ENV`), else rank 0 of the launcher's processes. No rank
 ever waits on the lock, so ranks cannot deadlock on it.
 
-:func:`remove_if_unused` deletes a run dir holding nothing but what Hydra wrote at start-up, so a run
-that stopped on a bad command-line value leaves no folder behind.
+:func:`remove_if_unused` deletes a run dir holding nothing but what Hydra wrote at start-up, and the
+parents between it and ``paths.runs_dir`` that this leaves empty (``runs/<recipe>/``), so a run that
+stopped on a bad command-line value leaves no folder behind. ``paths.runs_dir`` itself is kept.
 """
 
 from __future__ import annotations
@@ -132,9 +133,10 @@ def run_lock(run_dir: str | os.PathLike, *, rank: int = 0) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_if_unused(run_dir: str | os.PathLike) -> bool:
-    """Delete ``run_dir`` when it holds nothing but Hydra's start-up files (``.hydra/``, ``*.log``);
-    True when it did. A folder with any stage output, partial work or another run's lock is kept."""
+def remove_if_unused(run_dir: str | os.PathLike, runs_root: str | os.PathLike | None = None) -> bool:
+    """Delete ``run_dir`` when it holds nothing but Hydra's start-up files (``.hydra/``, ``*.log``), then
+    each parent below ``runs_root`` that is left empty; True when ``run_dir`` went. A folder with any stage
+    output, partial work or another run's lock is kept, and so is any parent holding anything."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return False
@@ -142,4 +144,14 @@ def remove_if_unused(run_dir: str | os.PathLike) -> bool:
         if entry.name not in HYDRA_ENTRIES and not (entry.is_file() and entry.suffix == ".log"):
             return False
     shutil.rmtree(run_dir, ignore_errors=True)
-    return not run_dir.exists()
+    if run_dir.exists():
+        return False
+    if runs_root is not None:
+        root, parent = Path(runs_root).resolve(), run_dir.resolve().parent
+        while root in parent.parents:
+            try:
+                parent.rmdir()  # only an empty folder: another run's files, or its new run dir, keep it
+            except OSError:
+                break
+            parent = parent.parent
+    return True

@@ -82,6 +82,8 @@ def composition_error(err: BaseException) -> str:
                 hint = _suggestion(name, valid, path, _trl_fields(path))
             else:  # a free-form node: `<stage>.args` takes the TRL config's fields
                 valid = _trl_fields(path[: -len(".args")]) if path.endswith(".args") else []
+                if name in valid:  # a real TRL argument the composed config does not set
+                    return f"config key '{key}': not set by this config, so Hydra needs '+' to add it: +{key}=..."
                 hint = _suggestion(name, valid, path, []) if valid else ""
             where = f" in {schema.__name__}" if dataclasses.is_dataclass(schema) else ""
             return f"config key '{key}': no such key{where}{hint}"

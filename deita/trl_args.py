@@ -1,10 +1,11 @@
 """``<stage>.args`` checked against the TRL config class it goes to, at composition, without importing TRL.
 
 Importing TRL takes 5-10 s (it imports torch and transformers), too slow for a check that must fail a typo
-in under two seconds. So the field names of each TRL config class a stage uses (``Stage.trainer_args``) and
-the allowed values of its enumerated string options (scheduler, optimizer, strategies, ``report_to``, ...)
-are kept in ``trl_args.json``, written from the installed TRL by ``python -m deita.trl_args --write`` and
-checked against it by ``tests/test_trl_args.py``. When the installed TRL or transformers version is not the
+in under two seconds. So the field names of each TRL config class a stage uses (``Stage.trainer_args``),
+the kinds of value each field takes (read from its type annotation and default: ``int``, ``float``, ``bool``,
+``str``, ``dict``, ``list[str]``, ``null``, ``any``) and the allowed values of its enumerated string options
+(scheduler, optimizer, strategies, ``report_to``, ...) are kept in ``trl_args.json``, written from the installed TRL by ``python -m deita.trl_args --write`` and
+checked against it by ``tests/test_strict_config.py``. When the installed TRL or transformers version is not the
 one the table was written from, the check reads the classes themselves (slow, still right).
 """
 
@@ -40,10 +41,47 @@ def _choices_of(field) -> list[str] | None:
     return None
 
 
+def _kinds_of(annotation) -> set[str]:
+    """The kinds of value a type annotation admits (see the module doc); ``any`` for a type a config
+    value cannot be checked against (a class such as ``ParallelismConfig``)."""
+    import enum
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_kinds_of(arg) for arg in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return set().union(*(_kinds_of(type(arg)) for arg in typing.get_args(annotation)))
+    if annotation is type(None):
+        return {"null"}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return {"str"}  # the enumerated values are checked as choices
+    if annotation in (bool, int, float, str):
+        return {annotation.__name__}
+    if annotation is dict or origin is dict:
+        return {"dict"}
+    if annotation is list or origin is list:
+        items = typing.get_args(annotation)
+        inner = _kinds_of(items[0]) if items else {"any"}
+        return {f"list[{inner.pop()}]" if len(inner) == 1 else "list[any]"}
+    return {"any"}
+
+
+def _field_kinds(field, hints: dict) -> list[str]:
+    """Sorted kinds of ``field``: its annotation's, plus ``null`` when its default is None."""
+    kinds = _kinds_of(hints.get(field.name, field.type))
+    if field.default is None:
+        kinds.add("null")
+    return sorted(kinds)
+
+
 def describe_class(dotted: str) -> dict[str, Any]:
-    """``{"fields": [...], "choices": {field: [...]}}`` of the config class at ``dotted`` (imports it)."""
+    """``{"fields": [...], "kinds": {field: [...]}, "choices": {field: [...]}}`` of the config class at
+    ``dotted`` (imports it)."""
     import dataclasses
     import importlib
+    import typing
     import warnings
 
     module, name = dotted.rsplit(".", 1)
@@ -51,8 +89,10 @@ def describe_class(dotted: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")  # trl.experimental warns on import
         cls = getattr(importlib.import_module(module), name)
     fields = dataclasses.fields(cls)
+    hints = typing.get_type_hints(cls)
     choices = {f.name: c for f in fields if (c := _choices_of(f)) is not None}
-    return {"fields": sorted(f.name for f in fields), "choices": choices}
+    kinds = {f.name: _field_kinds(f, hints) for f in fields}
+    return {"fields": sorted(f.name for f in fields), "kinds": kinds, "choices": choices}
 
 
 def installed_versions() -> dict[str, str]:
@@ -83,9 +123,40 @@ def class_schema(dotted: str) -> dict[str, Any]:
     return describe_class(dotted)
 
 
+KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true, false", "str": "a string",
+             "dict": "a mapping", "null": "null", "list[str]": "a list of strings", "list[float]": "a list of numbers",
+             "list[int]": "a list of integers", "list[bool]": "a list of true/false", "list[any]": "a list"}
+"""How an error names each kind of value (``expected an integer or null, found 'abc'``; ``true, false or null``)."""
+
+
+def fits(value: Any, kind: str) -> bool:
+    """Whether a config value (as OmegaConf gives it: None, bool, int, float, str, dict, list) is of ``kind``."""
+    if kind == "any":
+        return True
+    if kind.startswith("list["):
+        return isinstance(value, (list, tuple)) and all(fits(item, kind[5:-1]) for item in value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {"null": value is None, "bool": isinstance(value, bool), "int": number and isinstance(value, int),
+            "float": number, "str": isinstance(value, str), "dict": isinstance(value, dict)}.get(kind, False)
+
+
+def _expected(kinds: list[str]) -> str:
+    """``an integer``, ``true or false``, ``a mapping, a string or null`` (null last)."""
+    texts = ", ".join(KIND_TEXT.get(kind, kind) for kind in sorted(kinds, key=lambda k: k == "null")).split(", ")
+    return texts[0] if len(texts) == 1 else f"{', '.join(texts[:-1])} or {texts[-1]}"
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it on the command line: ``'abc'``, ``1.5``, ``true``, ``null``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
+
+
 def check_args(args: dict, dotted: str, key: str) -> None:
     """Raise :class:`deita.validate.ConfigError` naming ``<key>.<name>`` for an argument ``dotted`` does not
-    have (with the closest one) or a value outside an enumerated option's allowed values."""
+    have (with the closest one), a value of a kind its field does not take (``expected an integer, found
+    'abc'``) or a value outside an enumerated option's allowed values."""
     from deita.validate import ConfigError
 
     schema = class_schema(dotted)
@@ -95,6 +166,9 @@ def check_args(args: dict, dotted: str, key: str) -> None:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"; did you mean '{key}.{close[0]}'?" if close else ""
             raise ConfigError(f"config key '{key}.{name}': {dotted.rsplit('.', 1)[1]} has no argument {name!r}{hint}")
+        kinds = schema.get("kinds", {}).get(name)
+        if kinds and not any(fits(value, kind) for kind in kinds):
+            raise ConfigError(f"config key '{key}.{name}': expected {_expected(kinds)}, found {_shown(value)}")
         allowed = schema["choices"].get(name)
         if allowed is None or value is None:
             continue

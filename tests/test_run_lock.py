@@ -81,8 +81,26 @@ def test_a_relaunched_multi_process_run_holds_the_lock_once_and_its_ranks_do_not
 def test_a_bad_command_line_value_leaves_no_run_dir(tmp_path, shared_data):
     result = run_train(_args(tmp_path, shared_data, "dpo.beta=-1"))
     assert result.returncode == 2 and "dpo.beta" in result.stderr, result.stderr[-3000:]
-    recipe_dir = tmp_path / "runs" / "tiny"
-    assert not recipe_dir.exists() or list(recipe_dir.iterdir()) == []
+    assert not (tmp_path / "runs" / "tiny").exists()  # nor its empty runs/<recipe>/ parent
+    assert (tmp_path / "runs").is_dir()  # paths.runs_dir is kept
+
+
+def test_removing_an_unused_run_dir_removes_only_the_parents_it_leaves_empty(tmp_path):
+    from deita.rundir import remove_if_unused
+
+    root = tmp_path / "runs"
+    for name in ("a=1", "a=2"):
+        (root / "tiny" / "x" / name / ".hydra").mkdir(parents=True)
+    (root / "tiny" / "x" / "a=2" / "select").mkdir()  # a finished stage: kept
+    assert not remove_if_unused(root / "tiny" / "x" / "a=2", root)
+    assert remove_if_unused(root / "tiny" / "x" / "a=1", root)
+    assert sorted(p.name for p in (root / "tiny" / "x").iterdir()) == ["a=2"]  # a parent with a run in it stays
+    (root / "tiny" / "x" / "a=2" / "select").rmdir()
+    assert remove_if_unused(root / "tiny" / "x" / "a=2", root)
+    assert root.is_dir() and list(root.iterdir()) == []  # both empty parents gone, the root kept
+    (tmp_path / "elsewhere" / "run" / ".hydra").mkdir(parents=True)
+    assert remove_if_unused(tmp_path / "elsewhere" / "run", root)  # not under the root: its parent stays
+    assert (tmp_path / "elsewhere").is_dir()
 
 
 def test_a_bad_value_does_not_remove_a_run_dir_with_finished_stages(tmp_path, shared_data):

@@ -30,6 +30,11 @@ CLI_CASES = [
     (["selection.tau=0.5"], "config key 'selection.tau': no such key in RandomSelectionConfig; valid keys under 'selection'"),
     (["selection=nope"], "In 'config': Could not find 'selection/nope'; available: deita, ifd, length, nuggets, random,"),
     (["selection.budget=["], "override 'selection.budget=[': "),
+    # TRL argument types, read from TRL's dataclass annotations (were a TypeError inside SFT, after selection)
+    (["sft.args.logging_steps=abc"], "config key 'sft.args.logging_steps': expected a number, found 'abc'"),
+    (["+dpo.args.max_steps=1.5"], "config key 'dpo.args.max_steps': expected an integer, found 1.5"),
+    (["sft.args.max_steps=1.5"], "config key 'sft.args.max_steps': not set by this config, so Hydra needs '+' to add "
+                                 "it: +sft.args.max_steps=..."),
 ]
 
 
@@ -85,6 +90,14 @@ def test_strict_config_cases_exit_2_through_train_py(tmp_path):
     (["eval.limit=0"], "config key 'eval.limit': must be in [1, inf) or null"),
     (["sft.chat_template=chatmlx"], "config key 'sft.chat_template': must be one of ['alpaca', 'chatml', 'tokenizer', 'vicuna_v1.1', 'zephyr'], got 'chatmlx'"),
     (["selection.chunk_rows=0"], "config key 'selection.chunk_rows': must be in [1, inf)"),
+    (["++sft.args.max_length=abc"], "config key 'sft.args.max_length': expected an integer or null, found 'abc'"),
+    (["++dpo.args.bf16=1"], "config key 'dpo.args.bf16': expected true, false or null, found 1"),
+    (["++orpo.args.seed=true"], "config key 'orpo.args.seed': expected an integer, found true"),
+    (["sft.args.logging_steps=null"], "config key 'sft.args.logging_steps': expected a number, found null"),
+    (["++dpo.args.report_to=[1]"], "config key 'dpo.args.report_to': expected a list of strings, a string or null, found [1]"),
+    (["++sft.args.model_init_kwargs=5"], "config key 'sft.args.model_init_kwargs': expected a mapping, a string or null, "
+                                        "found 5"),
+    (["++sft.args.lr_scheduler_type=5"], "config key 'sft.args.lr_scheduler_type': expected a string, found 5"),
 ])
 def test_bad_values_fail_validation_naming_the_key(overrides, message):
     cfg = compose_config(["recipe=tiny", *overrides])
@@ -98,6 +111,8 @@ def test_bad_values_fail_validation_naming_the_key(overrides, message):
     ["selection=deita", "selection.tau=1"],
     ["selection=nuggets", "selection.threshold=null", "selection.top_fraction=1"],
     ["+orpo.args.save_strategy=no"],
+    ["sft.args.logging_steps=0.1", "++sft.args.max_steps=3", "++dpo.args.max_length=null", "++sft.args.seed=7",
+     "++sft.args.model_init_kwargs={dtype: float32}", "++dpo.args.bf16=false", "++sft.args.learning_rate=1"],
 ])
 def test_valid_edge_values_pass(overrides):
     validate_config(compose_config(["recipe=tiny", *overrides]))
@@ -119,6 +134,44 @@ def test_every_recipe_and_method_validates():
             validate_config(cfg)
             checked += 1
     assert checked >= len(RECIPES)
+
+
+def test_trl_value_kinds_come_from_the_annotations():
+    """The kinds a field takes are read from its annotation and default, and every TRL default fits its own
+    field's kinds (no false alarm on a value TRL itself would use)."""
+    import dataclasses
+    import importlib
+    import typing
+    import warnings
+
+    from deita.trl_args import _kinds_of, class_schema, fits, stage_classes
+
+    class Mode(__import__("enum").Enum):
+        A = "a"
+
+    assert _kinds_of(int) == {"int"} and _kinds_of(typing.Optional[float]) == {"float", "null"}
+    assert _kinds_of(typing.Union[dict, str, None]) == {"dict", "str", "null"}
+    assert _kinds_of(Mode | str) == {"str"} and _kinds_of(typing.Literal[False]) == {"bool"}
+    assert _kinds_of(list[str] | None) == {"list[str]", "null"} and _kinds_of(object) == {"any"}
+    assert fits(3, "float") and not fits(True, "int") and not fits(1.5, "int") and fits(["a"], "list[str]")
+    checked = 0
+    for dotted in stage_classes():
+        module, name = dotted.rsplit(".", 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cls = getattr(importlib.import_module(module), name)
+        kinds = class_schema(dotted)["kinds"]
+        for field in dataclasses.fields(cls):
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                continue
+            default = default.value if isinstance(default, __import__("enum").Enum) else default
+            assert any(fits(default, kind) for kind in kinds[field.name]), (dotted, field.name, default, kinds[field.name])
+            checked += 1
+    assert checked > 300
 
 
 def test_validation_imports_neither_torch_nor_trl():

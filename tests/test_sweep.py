@@ -270,17 +270,17 @@ def test_a_point_failing_at_run_time_is_recorded_and_the_others_run(tmp_path, sh
 
 
 def test_a_point_that_crashes_is_recorded_with_its_traceback_and_the_others_run(tmp_path, shared_data):
-    """A point whose SFT stage crashes with a plain exception (a TRL argument of the wrong type, which the
-    name check lets through) prints its traceback when it fails, is a failed row, and the next point trains;
+    """A point whose SFT stage crashes with a plain exception (an Adam beta of 5: of the right type, which
+    validation lets through; torch refuses it when SFT builds its optimizer) prints its traceback when it fails, is a failed row, and the next point trains;
     the sweep exits 1 (not a bad-input error)."""
     args = ["-m", "recipe=tiny", "stages=[select,sft]", "logger=none", *shared_paths(tmp_path, shared_data),
             "selection.budget=8", "data.pool.0.limit=16", "sft.max_length=64", "sft.global_batch_size=4",
-            "sft.args.logging_steps=abc,2"]
+            "++sft.args.adam_beta1=5,0.9"]
     result = run_train(args, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "sweep point 1 failed:\nTraceback (most recent call last):" in result.stderr
     assert "error: 1 of 2 sweep points failed (point 1); the others ran" in result.stderr
     rows = _table(tmp_path / "runs" / "tiny" / "sweep_summary.md")
-    assert [r["sft.args.logging_steps"] for r in rows] == ["abc", "2"]
-    assert rows[0]["status"] == "failed: TypeError: '>' not supported between instances of 'str' and 'int'"
+    assert [r["++sft.args.adam_beta1"] for r in rows] == ["5", "0.9"], rows
+    assert rows[0]["status"].startswith("failed: ValueError: Invalid beta parameter at index 0: 5"), rows[0]
     assert rows[1]["status"] == "ok" and float(rows[1]["sft train_loss"]) > 0
