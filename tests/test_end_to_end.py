@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.helpers import free_port, run_train, shared_paths
 
 SMALL = ["selection.budget=32", "sft.max_length=128", "dpo.max_length=128"]
+SMALL_POOL = "data.pool=[{path: ${paths.shared_data}/instruct/llamafactory_alpaca_en_demo.json, limit: 64}]"
 
 
 def _manifest(run_dir: Path, stage: str) -> dict:
@@ -58,7 +60,8 @@ def test_tiny_recipe_end_to_end_then_skips(tmp_path, shared_data):
 def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    args = ["recipe=tiny", "logger=none", *shared_paths(tmp_path, shared_data), *SMALL, _small_preference(shared_data)]
+    args = ["recipe=tiny", "logger=none", "selection=deita", *shared_paths(tmp_path, shared_data), *SMALL,
+            _small_preference(shared_data), SMALL_POOL]  # deita: scoring shared out, the tau filter on rank 0 and broadcast
     result = run_train(args, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
     run_dir = next((tmp_path / "runs" / "tiny").iterdir())
@@ -69,6 +72,7 @@ def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data)
     logs = {rank: (run_dir / "logs" / f"rank{rank}.log").read_text() for rank in (0, 1)}  # one file per rank
     assert "[rank 1]" in logs[1] and "rank 1 of 2" in logs[1] and "[rank 0]" not in logs[1]
     assert "stage select: done" in logs[0] and "stage dpo: done" in logs[0]
+    assert _manifest(run_dir, "select")["selected_rows"] == 32
     hydra_log = (run_dir / "deita.log").read_text()  # Hydra's file is the main rank's alone
     assert "rank 0 of 2" in hydra_log and "rank 1 of 2" not in hydra_log
 
@@ -83,3 +87,24 @@ def test_multirun_writes_one_deterministic_dir_per_job(tmp_path, shared_data):
     for budget in (50, 100):
         assert _manifest(sweep / f"selection.budget={budget}", "select")["selected_rows"] == budget
     assert "| selection.budget=50 |" in (sweep / "sweep_summary.md").read_text()
+
+
+@pytest.mark.slow  # 45 s under load; the default suite's 2-process run above selects with deita too
+def test_deita_select_on_two_processes_writes_the_same_bytes_as_one(tmp_path, shared_data):
+    """DEITA scoring, embedding and the tau filter through train.py: 2 CPU processes (the filter on the
+    main one, its result broadcast) give scores.parquet and selected.jsonl byte-identical to 1 process."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    args = ["recipe=tiny", "logger=none", "stages=[select]", "selection=deita", "selection.budget=24",
+            "selection.chunk_rows=16", SMALL_POOL]
+    outputs = {}
+    for world, launch in ((1, None), (2, launcher)):
+        base = tmp_path / f"world{world}"
+        result = run_train([*args, *shared_paths(base, shared_data)], launcher=launch, env={"ACCELERATE_USE_CPU": "1"})
+        assert result.returncode == 0, result.stderr[-4000:]
+        select = next((base / "runs" / "tiny").iterdir()) / "select"
+        assert _manifest(select.parent, "select")["world_size"] == world
+        outputs[world] = {name: (select / name).read_bytes() for name in ("scores.parquet", "selected.jsonl")}
+    table = pd.read_parquet(select / "scores.parquet")
+    assert table["selected"].sum() == 24 and table["nn_sim"].notna().sum() == 23
+    assert outputs[1] == outputs[2]

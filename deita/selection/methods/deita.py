@@ -266,6 +266,7 @@ class DeitaSelector(Selector):
         filter stops once it has kept ``limit`` rows."""
         import numpy as np
 
+        from deita.distributed import broadcast_from_main
         from deita.models.loading import resolve_device
         from deita.selection.filters import greedy_diverse
         from deita.selection.ranking import score_order
@@ -301,10 +302,13 @@ class DeitaSelector(Selector):
             timings["embed_s"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             # the filter reads only the ordered rows (NaN-scored rows are not in ``order``), straight from the
-            # stored chunks or the precomputed file (in its own row order): never the whole matrix
-            res = greedy_diverse(emb, order if file_rows is None else file_rows[order], tau=cfg.tau, budget=-1 if limit is None else limit,
-                                 block_size=cfg.block_size, device=resolve_device(cfg.filter_device),
-                                 progress=ctx.dist.is_main)
+            # stored chunks or the precomputed file (in its own row order): never the whole matrix. It runs on
+            # the main process alone (one reader of the shared store, not one per rank); the others receive
+            # its result
+            res = broadcast_from_main(greedy_diverse(
+                emb, order if file_rows is None else file_rows[order], tau=cfg.tau, budget=-1 if limit is None else limit,
+                block_size=cfg.block_size, device=resolve_device(cfg.filter_device), progress=True,
+            ) if ctx.dist.is_main else None)
             if file_rows is not None:
                 res = from_file_rows(res, file_rows)
             ranking = [int(i) for i in res.kept]
