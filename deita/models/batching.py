@@ -26,8 +26,10 @@ def tokens_per_batch(max_tokens: int, device) -> int:
     return min(int(max_tokens), CPU_MAX_TOKENS_PER_BATCH) if str(device).startswith("cpu") else int(max_tokens)
 
 
-def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch_size: int = 0) -> list[list[int]]:
-    """Group item indices into batches whose padded size (rows × longest) stays within ``max_tokens``.
+def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch_size: int = 0, *,
+                          padded: bool = True) -> list[list[int]]:
+    """Group item indices into batches whose padded size (rows × longest) stays within ``max_tokens``
+    (``padded=False``: whose summed lengths do, for a packed pass that computes no padding).
 
     Items are taken longest first (ties by index), so each batch is padded to its first item. An item
     longer than ``max_tokens`` gets a batch of its own. ``max_batch_size`` > 0 also caps the row count.
@@ -37,15 +39,16 @@ def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch_siz
     order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = total = 0
     for i in order:
         n = int(lengths[i])
         full = max_batch_size > 0 and len(current) >= max_batch_size
-        if current and (max(longest, n) * (len(current) + 1) > max_tokens or full):
+        size = max(longest, n) * (len(current) + 1) if padded else total + n
+        if current and (size > max_tokens or full):
             batches.append(current)
-            current, longest = [], 0
+            current, longest, total = [], 0, 0
         current.append(i)
-        longest = max(longest, n)
+        longest, total = max(longest, n), total + n
     if current:
         batches.append(current)
     return batches

@@ -175,12 +175,13 @@ class SharedPrefix:
 
 
 def prefix_batches(prefix: SharedPrefix | None, seqs, max_tokens: int, max_batch_size: int = 0,
-                   stats: dict | None = None):
+                   stats: dict | None = None, padded: bool = True):
     """Plan a pass over ``seqs`` with an optional shared ``prefix``: ``(own, work)``.
 
     ``own[i]`` is sequence ``i`` without the prefix (None: it runs whole); ``work`` lists
     ``("whole" | "split", indices)`` batches, each length-sorted within ``max_tokens`` padded tokens (of
-    the sequence, or of its own part). ``stats`` (``rows``, ``fallback_rows``) counts both kinds.
+    the sequence, or of its own part; ``padded=False``: real tokens, for a packed pass). ``stats``
+    (``rows``, ``fallback_rows``) counts both kinds.
     """
     from deita.models.batching import length_sorted_batches
 
@@ -191,9 +192,9 @@ def prefix_batches(prefix: SharedPrefix | None, seqs, max_tokens: int, max_batch
         stats["rows"] += len(split)
         stats["fallback_rows"] += len(whole)
     work = [("whole", [whole[k] for k in b])
-            for b in length_sorted_batches([len(seqs[i]) for i in whole], max_tokens, max_batch_size)]
+            for b in length_sorted_batches([len(seqs[i]) for i in whole], max_tokens, max_batch_size, padded=padded)]
     work += [("split", [split[k] for k in b])
-             for b in length_sorted_batches([len(own[i]) for i in split], max_tokens, max_batch_size)]
+             for b in length_sorted_batches([len(own[i]) for i in split], max_tokens, max_batch_size, padded=padded)]
     return own, work
 
 

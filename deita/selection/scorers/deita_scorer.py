@@ -6,7 +6,8 @@ generated position's logits under greedy decoding, which applies no logits proce
 
 The template text before ``{instruction}`` is the same for every prompt: its keys/values are computed
 once per scorer and every prompt that starts with its tokens runs only its own tokens from them
-(:func:`template_prefix`; the others run whole).
+(:func:`template_prefix`; the others run whole). Llama/Mistral scorers run both kinds through the packed
+decoder (:mod:`deita.models.packed`: real tokens only, fused projections, the last layer at the last token).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from deita.models.batching import model_inputs, pad_batch, tokens_per_batch
 from deita.models.forward import final_hidden_states, prefix_batches, use_suffix_attention
 from deita.models.loading import load_causal_lm, pad_id_of
+from deita.models.packed import packed_decoder
 from deita.selection.scorers.expected_digit import digit_token_ids, expected_digit_score
 from deita.selection.scorers.prompts import TEMPLATES
 from deita.selection.scorers.truncation import PromptTooLongError, encode_scorer_prompt
@@ -79,12 +81,14 @@ class DeitaScorer:
     ``kind``: 'complexity' or 'quality'; ``max_length``: prompt tokens kept (middle of the text cut, see
     :mod:`.truncation`); ``max_tokens_per_batch``: padded tokens per forward pass; ``prefix_cache``: run
     the template text before ``{instruction}`` once and every prompt from its keys/values
-    (:func:`template_prefix`).
+    (:func:`template_prefix`); ``packed``: run Llama/Mistral models through
+    :class:`deita.models.packed.PackedDecoder` (other models, or False: the Hugging Face forward), where
+    ``max_tokens_per_batch`` counts real tokens.
     """
 
     def __init__(self, kind: str, path: str, *, dtype: str = "float32", device: str = "auto",
                  max_length: int = 2048, max_tokens_per_batch: int = 16384, trust_remote_code: bool = False,
-                 show_progress: bool = True, prefix_cache: bool = True):
+                 show_progress: bool = True, prefix_cache: bool = True, packed: bool = True):
         if kind not in ("complexity", "quality"):
             raise ValueError(f"scorer kind must be 'complexity' or 'quality', got {kind!r}")
         self.kind, self.path = kind, str(path)
@@ -95,6 +99,7 @@ class DeitaScorer:
         self.digit_ids = digit_token_ids(self.tokenizer)
         self.pad_id = pad_id_of(self.tokenizer)
         _check_generation_config(self.model, self.path)
+        self.packed = packed_decoder(self.model, self.max_length) if packed else None
         self.prefix = template_prefix(self.model, self.tokenizer, kind) if prefix_cache else None
         if self.prefix is not None:
             use_suffix_attention(self.model, self.max_length)  # no [B, 1, L, P + L] mask per batch
@@ -127,17 +132,20 @@ class DeitaScorer:
 
         out = [math.nan] * len(seqs)
         budget = tokens_per_batch(self.max_tokens_per_batch, self.device)
-        own, work = prefix_batches(self.prefix, seqs, budget, stats=self.prefix_stats)
+        own, work = prefix_batches(self.prefix, seqs, budget, stats=self.prefix_stats, padded=self.packed is None)
         bar = tqdm(work, desc=f"{self.kind} scores", disable=not self.show_progress or len(work) < 2)
         with torch.inference_mode():
             for how, batch in bar:
-                if how == "whole":
-                    ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, "right")
-                    hidden = final_hidden_states(self.model, **model_inputs("right", ids, mask, pos, self.device))
+                split = how == "split"
+                if self.packed is not None:
+                    rows = self.packed.last_hidden([(own if split else seqs)[i] for i in batch],
+                                                   self.prefix if split else None)
                 else:
-                    ids, _, _, last = pad_batch([own[i] for i in batch], self.pad_id, "right")
-                    hidden = self.prefix.hidden_after(ids)
-                rows = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
+                    ids, mask, pos, last = pad_batch([(own if split else seqs)[i] for i in batch], self.pad_id,
+                                                     "right")
+                    hidden = (self.prefix.hidden_after(ids) if split else
+                              final_hidden_states(self.model, **model_inputs("right", ids, mask, pos, self.device)))
+                    rows = hidden[torch.arange(len(batch), device=self.device), last.to(self.device)]
                 for i, score in zip(batch, self._scores_at(rows)):
                     out[i] = score
         return out
