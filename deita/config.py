@@ -67,6 +67,12 @@ class DataConfig:
 
     pool: List[DataSource] = field(default_factory=list)
     """Sources concatenated into the selection pool (instruction data, canonical ``messages`` rows)."""
+    pool_store: str = "arrow"
+    """How the select stage holds the pool: 'arrow' converts the sources once (main process, streaming) into a
+    memory-mapped Arrow file under ``paths.cache_dir``/pools, reused while the files are unchanged, and builds
+    a row only when a method reads it, so ranks share its pages and a pool larger than memory fits (BENCHMARKS.md);
+    'memory' loads every row as a Python dict on every rank (~2.1 GB per 1M short rows). Same rows, ids,
+    fingerprint, errors and outputs either way."""
     preference: List[DataSource] = field(default_factory=list)
     """Sources of preference pairs (prompt/chosen/rejected) for the preference stages (dpo, ...)."""
     eval_prompts: List[DataSource] = field(default_factory=list)

@@ -73,13 +73,29 @@ def hash_file_remembered(path: str | os.PathLike, memo_dir: str | os.PathLike | 
     return digest
 
 
+class RowHasher:
+    """:func:`hash_rows` fed one row at a time: ``update(row)`` for each, then ``hexdigest()``. Rows that
+    arrive as a stream (a pool converted to a file) get the fingerprint of the same rows in a list."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+
+    def update(self, row: dict) -> None:
+        """Add the next row: its canonical JSON (sorted keys, non-ASCII kept) and a newline."""
+        self._h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        self._h.update(b"\n")
+
+    def hexdigest(self) -> str:
+        """The fingerprint of the rows added so far (sha256, hex, 16 chars)."""
+        return self._h.hexdigest()[:16]
+
+
 def hash_rows(rows: list[dict]) -> str:
     """Fingerprint of canonical rows: their content, not where they came from."""
-    h = hashlib.sha256()
+    h = RowHasher()
     for row in rows:
-        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
-        h.update(b"\n")
-    return h.hexdigest()[:16]
+        h.update(row)
+    return h.hexdigest()
 
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -61,6 +61,7 @@ def validate_config(cfg: DictConfig) -> None:
         for key in () if stage.data_optional else stage.data_keys:
             require(len(OmegaConf.select(cfg, key) or []) > 0, key, f"the {stage.name} stage needs at least one source")
     require_range(cfg.data.preference_sample, "data.preference_sample", gt=0, allow_none=True)
+    require_choice(cfg.data.pool_store, "data.pool_store", ["arrow", "memory"])
     for stage in stages.pipeline_order():
         if stage.trainer_args:  # names first: a typo is reported as a typo, not as a bad value
             from deita.trl_args import check_args

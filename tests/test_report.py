@@ -148,7 +148,7 @@ EXPECTED = {
 def test_every_method_gets_its_figures_once(tmp_path, method):
     rows = _rows(60)
     result, selected = _result(method, rows)
-    table = build_table(rows, result, selected, ["a.json"] * 40 + ["b.jsonl"] * 20)
+    table = build_table([r["id"] for r in rows], result, selected, ["a.json"] * 40 + ["b.jsonl"] * 20)
     counts = {"pool_rows": 60, "selected_rows": len(selected)}
     write_report(tmp_path, table, result, OmegaConf.create({"method": method, "budget": 12}), counts, rows=rows)
     pngs = check_report(tmp_path)
@@ -168,7 +168,7 @@ def test_one_source_and_no_variation_give_no_figure_but_a_report(tmp_path):
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
             for i in range(6)]
     result = SelectionResult(table={"score": [1.0] * 6}, ranking=[0, 1, 2], score_column="score")
-    table = build_table(rows, result, [0, 1, 2], ["only.json"] * 6)
+    table = build_table([r["id"] for r in rows], result, [0, 1, 2], ["only.json"] * 6)
     write_report(tmp_path, table, result, OmegaConf.create({"method": "m", "budget": 3}),
                  {"pool_rows": 6, "selected_rows": 3}, rows=rows)
     assert check_report(tmp_path) == {}
@@ -180,7 +180,7 @@ def test_a_rerun_leaves_no_stale_figure(tmp_path):
     (tmp_path / "plots" / "hist_old.png").write_bytes(b"old")
     rows = _rows(30)
     result, selected = _result("random", rows)
-    write_report(tmp_path, build_table(rows, result, selected), result, OmegaConf.create({"method": "random", "budget": 12}),
+    write_report(tmp_path, build_table([r["id"] for r in rows], result, selected), result, OmegaConf.create({"method": "random", "budget": 12}),
                  {"pool_rows": 30, "selected_rows": 12}, rows=rows)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["hist_response_length.png"]
 

@@ -44,3 +44,8 @@ def row_fields(row: dict[str, Any], index: int | None = None) -> tuple[str, str,
     if split is not None:
         return split[0], split[1], str(assistant["content"])
     return str(user["content"]), "", str(assistant["content"])
+
+
+def response_chars(row: dict[str, Any]) -> int:
+    """Characters of a canonical row's assistant messages, summed over turns (the report's response length)."""
+    return sum(len(m.get("content") or "") for m in row.get("messages", []) if m.get("role") == "assistant")

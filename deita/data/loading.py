@@ -326,6 +326,88 @@ def _file_kind(path: Path) -> str:
     return next((name for test, name in kinds.items() if test(mode)), "something else")
 
 
+class RowStream:
+    """The canonical rows of one source, produced one at a time (what :func:`load_rows` collects).
+
+    Iterate it once: it yields every row in source order, and when the source is exhausted it logs the
+    skipped-records warning and raises the no-usable-records error exactly as :func:`load_rows` does.
+    After that, ``skipped``, ``first_error``, ``format`` and ``kind`` describe the source. Arguments
+    as :func:`load_rows`. The rows are never all held: a converter can write them out as they come
+    (:mod:`deita.data.pool_file`); the ids seen are kept, to report a repeated one.
+    """
+
+    def __init__(self, source: str, kind: str = "auto", *, fmt: str = "auto", split: str = "train",
+                 on_error: str = "raise", limit: int | None = None, revision: str | None = None,
+                 head: int | None = None):
+        if kind != "auto" and kind not in KINDS:
+            raise ValueError(f"kind must be 'auto' or one of {'/'.join(KINDS)}, got {kind!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of rows or None, got {limit!r}")
+        forced = None if fmt == "auto" else FORMATS.get(fmt)
+        if forced is not None and kind not in ("auto", forced.kind):
+            raise ValueError(f"format {fmt!r} yields {forced.kind} rows, but kind={kind!r} was asked for")
+        self.source, self.split, self.revision, self.head = source, split, revision, head
+        self.on_error, self.limit, self._forced = on_error, limit, forced
+        self.kind: str | None = forced.kind if forced else (None if kind == "auto" else kind)
+        """``sft``, ``preference`` or ``prompts``: as asked, else the first good record's (after iterating)."""
+        self.skipped = 0
+        """Records skipped as bad (only with ``on_error="skip"``)."""
+        self.first_error: DataError | None = None
+        """The first skipped record's error, if any."""
+        self._names: list[str] = []
+
+    @property
+    def format(self) -> str:
+        """Detected (or forced) format name; several joined by ``+`` if records differed."""
+        return "+".join(self._names)
+
+    def __iter__(self) -> Iterator[dict]:
+        forced, on_error, limit = self._forced, self.on_error, self.limit
+        seen: dict[str, tuple[str, int]] = {}
+        file_fmt: Format | None = forced
+        n_rows = 0
+        for raw in iter_records(self.source, self.split, self.revision, self.head):
+            try:
+                if raw.error is not None:
+                    raise raw.error
+                fmt_used = forced or _detect(raw.value, self.kind, file_fmt)
+                out = normalise_record(raw.value, fmt_used, f"{raw.stem}:{raw.index}")
+                for row in out:
+                    if row["id"] in seen:
+                        f0, i0 = seen[row["id"]]
+                        raise DataError(f"expected unique row ids, found {row['id']!r} again (first at {f0}: record {i0})")
+            except DataError as e:
+                e = e.at(file=raw.file, index=raw.index, line=raw.line)
+                if on_error == "raise":
+                    raise e from None
+                self.skipped, self.first_error = self.skipped + 1, self.first_error or e
+                continue
+            for row in out:
+                seen[row["id"]] = (raw.file, raw.index)
+            file_fmt, self.kind = file_fmt or fmt_used, fmt_used.kind
+            if fmt_used.name not in self._names:
+                self._names.append(fmt_used.name)
+            if limit is not None:
+                out = out[: limit - n_rows]
+            n_rows += len(out)
+            yield from out
+            if limit is not None and n_rows >= limit:
+                break
+        if self.skipped and env_dist().is_main:
+            warn_skipped(self.source, self.skipped, self.first_error)
+        if not n_rows:
+            why = f" ({self.skipped} skipped; the first: {self.first_error})" if self.skipped else ""
+            first = "" if self.head is None else f" in its first {self.head} records"
+            raise DataError(f"holds no usable records{first}{why}", file=self.source)
+
+
+def warn_skipped(source: str, skipped: int, first_error: Any) -> None:
+    """The one warning a source with skipped bad records gets (logged by the main process)."""
+    logger.warning("%s: skipped %d bad record(s); the first: %s", source, skipped, first_error)
+
+
 def load_rows(
     source: str,
     kind: str = "auto",
@@ -350,54 +432,11 @@ def load_rows(
     :func:`iter_records`) raises DataError whatever ``on_error`` says, as does a source with no
     usable record left. ``head`` reads only the first ``head`` records of each file (see
     :func:`iter_records`): a check of the format that costs the same for any file size.
+    The rows are those of :class:`RowStream`, collected.
     """
-    if kind != "auto" and kind not in KINDS:
-        raise ValueError(f"kind must be 'auto' or one of {'/'.join(KINDS)}, got {kind!r}")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of rows or None, got {limit!r}")
-    forced = None if fmt == "auto" else FORMATS.get(fmt)
-    if forced is not None and kind not in ("auto", forced.kind):
-        raise ValueError(f"format {fmt!r} yields {forced.kind} rows, but kind={kind!r} was asked for")
-    want = forced.kind if forced else (None if kind == "auto" else kind)
-    rows: list[dict] = []
-    names: list[str] = []
-    seen: dict[str, tuple[str, int]] = {}
-    file_fmt: Format | None = forced
-    skipped, first_error = 0, None
-    for raw in iter_records(source, split, revision, head):
-        try:
-            if raw.error is not None:
-                raise raw.error
-            fmt_used = forced or _detect(raw.value, want, file_fmt)
-            out = normalise_record(raw.value, fmt_used, f"{raw.stem}:{raw.index}")
-            for row in out:
-                if row["id"] in seen:
-                    f0, i0 = seen[row["id"]]
-                    raise DataError(f"expected unique row ids, found {row['id']!r} again (first at {f0}: record {i0})")
-        except DataError as e:
-            e = e.at(file=raw.file, index=raw.index, line=raw.line)
-            if on_error == "raise":
-                raise e from None
-            skipped, first_error = skipped + 1, first_error or e
-            continue
-        for row in out:
-            seen[row["id"]] = (raw.file, raw.index)
-        file_fmt, want = file_fmt or fmt_used, fmt_used.kind
-        if fmt_used.name not in names:
-            names.append(fmt_used.name)
-        rows.extend(out)
-        if limit is not None and len(rows) >= limit:
-            break
-    rows = rows[:limit] if limit is not None else rows
-    if skipped and env_dist().is_main:
-        logger.warning("%s: skipped %d bad record(s); the first: %s", source, skipped, first_error)
-    if not rows:
-        why = f" ({skipped} skipped; the first: {first_error})" if skipped else ""
-        first = "" if head is None else f" in its first {head} records"
-        raise DataError(f"holds no usable records{first}{why}", file=source)
-    return LoadResult(rows, skipped, source, hash_rows(rows), "+".join(names), want, first_error)
+    stream = RowStream(source, kind, fmt=fmt, split=split, on_error=on_error, limit=limit, revision=revision, head=head)
+    rows = list(stream)
+    return LoadResult(rows, stream.skipped, source, hash_rows(rows), stream.format, stream.kind, stream.first_error)
 
 
 def _detect(record: Any, kind: str | None, file_fmt: Format | None) -> Format:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Iterable, Optional
 
 from deita.data.errors import DataError
+from deita.data.fields import response_chars
 from deita.data.loading import LoadResult, load_rows
+from deita.fingerprint import hash_rows
 
 
 @dataclass
@@ -37,6 +39,26 @@ class LoadedSources:
     def skipped(self) -> int:
         """Bad records skipped across all sources (only with ``on_error: skip``)."""
         return sum(result.skipped for result in self.results)
+
+    @property
+    def ids(self) -> list[str]:
+        """Every row's id, in pool order."""
+        return [row["id"] for result in self.results for row in result.rows]
+
+    @property
+    def fingerprint(self) -> str:
+        """:func:`deita.fingerprint.hash_rows` of :attr:`rows`."""
+        return hash_rows(self.rows)
+
+    @property
+    def response_lengths(self) -> list[int]:
+        """Per row, its assistant messages' characters (:func:`deita.data.fields.response_chars`)."""
+        return [response_chars(row) for result in self.results for row in result.rows]
+
+    @property
+    def source_counts(self) -> list[tuple[str, int]]:
+        """(source as given, rows it gave), one per source in order (sources may share a name)."""
+        return [(result.source, len(result.rows)) for result in self.results]
 
 
 def source_options(source: Any) -> dict[str, Any]:
@@ -67,11 +89,18 @@ def load_sources(sources: Iterable[Any], kind: str, *, on_error: Optional[str] =
         opts = source_options(source)
         result = load_rows(opts["path"], kind=kind, fmt=opts["format"], split=opts["split"],
                            revision=opts["revision"], on_error=on_error or opts["on_error"], limit=opts["limit"])
-        for row in result.rows if unique_ids else ():
-            first = first_source.setdefault(row["id"], n)
-            if first != n:
-                raise DataError(f"expected row ids unique across data sources, found {row['id']!r}, which source "
-                                f"{first} ({results[first].source}) also holds; give each source distinct ids",
-                                file=result.source)
+        if unique_ids:
+            check_unique_ids((row["id"] for row in result.rows), n, first_source, [r.source for r in results] + [result.source])
         results.append(result)
     return LoadedSources(results)
+
+
+def check_unique_ids(ids: Iterable[str], n: int, first_source: dict[str, int], labels: list[str]) -> None:
+    """Raise DataError when an id of source ``n`` (its ids in order) was given by an earlier source;
+    ``first_source`` (id → index of the source that gave it first) is updated; ``labels`` are the sources
+    as given, by index."""
+    for row_id in ids:
+        first = first_source.setdefault(row_id, n)
+        if first != n:
+            raise DataError(f"expected row ids unique across data sources, found {row_id!r}, which source "
+                            f"{first} ({labels[first]}) also holds; give each source distinct ids", file=labels[n])

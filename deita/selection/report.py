@@ -51,13 +51,16 @@ class ReportFigure:
 
 def response_lengths(rows: list[dict]) -> list[int]:
     """Characters of each row's assistant messages, summed over turns."""
-    return [sum(len(m.get("content") or "") for m in r.get("messages", []) if m.get("role") == "assistant")
-            for r in rows]
+    from deita.data.fields import response_chars
+
+    return [response_chars(r) for r in rows]
 
 
-def build_figures(table, result: SelectionResult, rows: Optional[list[dict]]) -> tuple[list[ReportFigure], dict[str, str]]:
+def build_figures(table, result: SelectionResult, rows: Optional[list[dict]],
+                  lengths: Optional[list[int]] = None) -> tuple[list[ReportFigure], dict[str, str]]:
     """Every figure the data supports, in report order, and the columns left without a histogram (name →
-    why). ``rows`` (the pool's canonical rows, in table order) adds the response-length histogram."""
+    why). ``lengths`` (each pool row's response length, in table order), or else ``rows`` (the pool's
+    canonical rows, from which they are counted), adds the response-length histogram."""
     import numpy as np
 
     from deita.plotting import png_bytes
@@ -80,8 +83,8 @@ def build_figures(table, result: SelectionResult, rows: Optional[list[dict]]) ->
     order = ([result.score_column] if result.score_column in numeric else []) + \
         [c for c in numeric if c != result.score_column]
     columns = {c: table[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in order}
-    if rows is not None:
-        columns[LENGTH_COLUMN] = np.asarray(response_lengths(rows), dtype=np.float64)
+    if lengths is not None or rows is not None:
+        columns[LENGTH_COLUMN] = np.asarray(response_lengths(rows) if lengths is None else lengths, dtype=np.float64)
     shown, skipped = F.histogram_columns(columns, selected)
     for column in shown:
         text = label(column) if column != LENGTH_COLUMN else LENGTH_LABEL
@@ -240,11 +243,13 @@ def html_report(result: SelectionResult, sel_cfg, counts: dict, table, rows: Opt
 
 
 def write_report(out_dir: Path, table, result: SelectionResult, sel_cfg, counts: dict,
-                 problem: Optional[str] = None, rows: Optional[list[dict]] = None) -> None:
+                 problem: Optional[str] = None, rows: Optional[list[dict]] = None,
+                 lengths: Optional[list[int]] = None) -> None:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``out_dir``. ``problem`` (a selection
     smaller than the budget or than a later stage needs) is shown under the counts; ``rows`` (the pool's
-    canonical rows, in table order) adds the response-length histogram and the extreme rows' text."""
-    figures, skipped = build_figures(table, result, rows)
+    canonical rows, in table order; read by position) adds the extreme rows' text and, unless ``lengths``
+    (each row's response length) is given, the response-length histogram."""
+    figures, skipped = build_figures(table, result, rows, lengths)
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
     for stale in plots_dir.glob("*.png"):  # an earlier, unfinished attempt's figures

@@ -92,23 +92,24 @@ def shortfall_messages(cfg: DictConfig, result: SelectionResult, selected: list[
     return None, None
 
 
-def source_labels(pool) -> list[str]:
-    """Per pool row, the name of the source that gave it: its file or folder name (or hub name), with the
-    source's position appended where two sources share a name."""
-    names = [Path(r.source).name or r.source for r in pool.results]
+def source_labels(source_counts: list[tuple[str, int]]) -> list[str]:
+    """Per pool row, the name of the source that gave it (``source_counts``: each source as given and its
+    rows, in order): its file or folder name (or hub name), with the source's position appended where two
+    sources share a name."""
+    names = [Path(source).name or source for source, _ in source_counts]
     labels = [f"{n} (source {k + 1})" if names.count(n) > 1 else n for k, n in enumerate(names)]
-    return [label for label, r in zip(labels, pool.results) for _ in r.rows]
+    return [label for label, (_, count) in zip(labels, source_counts) for _ in range(count)]
 
 
-def build_table(rows: list[dict], result: SelectionResult, selected: list[int], sources: Optional[list[str]] = None):
-    """The per-pool-row table: id, ``source`` (when given), the method's columns, selected flag and rank
-    (position in ``selected``)."""
+def build_table(ids: list[str], result: SelectionResult, selected: list[int], sources: Optional[list[str]] = None):
+    """The per-pool-row table: ``id`` (the pool's row ids, in order), ``source`` (when given), the method's
+    columns, selected flag and rank (position in ``selected``)."""
     import pandas as pd
 
-    rank = [-1] * len(rows)
+    rank = [-1] * len(ids)
     for position, i in enumerate(selected):
         rank[i] = position
-    table = pd.DataFrame({"id": [r["id"] for r in rows], **({"source": sources} if sources else {}), **result.table})
+    table = pd.DataFrame({"id": ids, **({"source": sources} if sources else {}), **result.table})
     table["selected"] = [r >= 0 for r in rank]
     table["rank"] = rank
     return table
@@ -122,17 +123,29 @@ def cache_report(stats: dict) -> dict:
             "resumed_chunks": sum(c["resumed"] for c in chunks.values())}
 
 
+def load_pool(cfg: DictConfig, is_main: bool):
+    """The pool of ``data.pool`` as ``data.pool_store`` says: an :class:`deita.data.pool_file.ArrowPool`
+    (rows lazily from a memory-mapped file) or a :class:`deita.data.sources.LoadedSources` (Python rows).
+    Both give ``rows``, ``ids``, ``fingerprint``, ``response_lengths``, ``source_counts``, ``rows_per_source``
+    and ``skipped``."""
+    if cfg.data.pool_store == "memory":
+        from deita.data.sources import load_sources
+
+        return load_sources(cfg.data.pool, "sft", unique_ids=True)
+    from deita.data.pool_file import open_pool
+
+    return open_pool(cfg.data.pool, "sft", cfg.paths.cache_dir, unique_ids=True, is_main=is_main)
+
+
 def run_select_stage(cfg: DictConfig, ctx) -> dict:
     """Run the configured selection method over the pool and write the stage's artifacts."""
     from deita.cache import ContentCache
     from deita.data.loading import write_jsonl
-    from deita.data.sources import load_sources
     from deita.distributed import barrier
-    from deita.fingerprint import hash_rows
     from deita.models.resolve import resolve_model
     from deita.selection.report import write_report
 
-    pool = load_sources(cfg.data.pool, "sft", unique_ids=True)
+    pool = load_pool(cfg, ctx.dist.is_main)
     rows = pool.rows
     counts = {"pool_rows": len(rows), "rows_per_source": pool.rows_per_source, "skipped_records": pool.skipped}
     sel_cfg = cfg.selection
@@ -142,7 +155,7 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     sctx = SelectionContext(
         cache=cache,
         dist=ctx.dist,
-        data_fingerprint=hash_rows(rows),
+        data_fingerprint=pool.fingerprint,
         model_resolver=lambda ref: resolve_model(ref, cfg.paths.cache_dir),
     )
     if ctx.dist.is_main:
@@ -153,10 +166,11 @@ def run_select_stage(cfg: DictConfig, ctx) -> dict:
     counts.update(budget=int(sel_cfg.budget), selected_rows=len(selected), warnings=[warning] if warning else [],
                   cache=cache_report(cache.stats), method_report=result.report)
     if ctx.dist.is_main:
-        table = build_table(rows, result, order, source_labels(pool))
+        table = build_table(pool.ids, result, order, source_labels(pool.source_counts))
         table.to_parquet(ctx.work_dir / "scores.parquet", index=False)
         write_jsonl(selected, ctx.work_dir / "selected.jsonl")
-        write_report(ctx.work_dir, table, result, sel_cfg, counts, problem=error or warning, rows=rows)
+        write_report(ctx.work_dir, table, result, sel_cfg, counts, problem=error or warning, rows=rows,
+                     lengths=pool.response_lengths)
         if warning:
             log.warning("%s", warning)
     if error:

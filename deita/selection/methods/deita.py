@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from deita.config import SelectionModels
+from deita.data.pool_file import row_ids
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
 from deita.selection.precomputed import PrecomputedInputs
 
@@ -235,7 +236,7 @@ class DeitaSelector(Selector):
         if self.cfg.precomputed.scores:
             from deita.selection.precomputed import load_scores
 
-            return load_scores(self.cfg.precomputed.scores, [str(r["id"]) for r in rows], self.cfg.sort_key)
+            return load_scores(self.cfg.precomputed.scores, row_ids(rows), self.cfg.sort_key)
         unique, slot = distinct_conversations(rows)
         fingerprint = ctx.data_fingerprint if len(unique) == len(rows) else hash_rows(unique)
         opts, cols = self.cfg.scorer, {}
@@ -277,7 +278,7 @@ class DeitaSelector(Selector):
         if cfg.diversity and cfg.precomputed.embeddings:
             from deita.selection.precomputed import load_embeddings
 
-            emb, file_rows = load_embeddings(cfg.precomputed.embeddings, [str(r["id"]) for r in rows])
+            emb, file_rows = load_embeddings(cfg.precomputed.embeddings, row_ids(rows))
         t0 = time.perf_counter()
         table = self.score(rows, ctx)
         timings["score_s"] = time.perf_counter() - t0
