@@ -222,8 +222,10 @@ def run(cfg: DictConfig) -> None:
     traceback: the message already names the key, or the file, record and field.
     A run that stops this way before any stage wrote anything leaves no run dir behind; a run dir that
     another live run holds (:mod:`deita.rundir`) stops the run at once, exit 2. A re-launched job prints
-    its ranks' error once, from the launcher (:func:`ranks_errors`), and ends with the same status. A rank
-    that misses a stage barrier for ``launch.timeout_minutes`` ends the job with exit 1, named.
+    its ranks' error once, from the launcher (:func:`ranks_errors`), and ends with the same status; under a
+    launcher the user ran, the main rank alone prints a bad input and every rank exits 2
+    (:mod:`deita.rank_exit`). A rank that misses a stage barrier for ``launch.timeout_minutes`` ends the job
+    with exit 1, named.
     """
     from deita.data.errors import DataError
     from deita.distributed import RankStalled, env_dist
@@ -237,9 +239,15 @@ def run(cfg: DictConfig) -> None:
     except RunDirBusy as err:
         report_error(f"error: {err}", 2)
     except (ConfigError, DataError, StageInputError) as err:
+        message = f"error: {err}{shared_data_hint(cfg, err)}"
+        if not in_multirun():
+            from deita.rank_exit import stop_every_rank, user_launched_ranks
+
+            if user_launched_ranks():
+                stop_every_rank(message, 2, cfg.run_dir, cfg.paths.runs_dir)
         if env_dist().rank == 0:
             remove_if_unused(cfg.run_dir, cfg.paths.runs_dir)
-        report_error(f"error: {err}{shared_data_hint(cfg, err)}", 2)
+        report_error(message, 2)
     except LaunchedJobFailed as err:
         if err.code == 2:
             remove_if_unused(cfg.run_dir, cfg.paths.runs_dir)

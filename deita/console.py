@@ -56,10 +56,13 @@ def configure(verbose: bool, trains: bool = False) -> None:
 
 
 def short_log_lines(verbose: bool) -> None:
-    """``HH:MM:SS message`` (WARNING/ERROR keep their level) on the console handlers Hydra installed;
-    ``verbose`` keeps Hydra's full format (date, logger name, level)."""
+    """``HH:MM:SS message`` (WARNING/ERROR keep their level) on the console handlers Hydra installed, on the
+    main rank; a launched job's other ranks log to their ``logs/rank<N>.log`` only (:mod:`deita.logs`), so N
+    ranks do not print each line N times. ``verbose`` keeps Hydra's full format (date, logger name, level)
+    and every rank's console."""
     if verbose:
         return
+    other_rank = int(os.environ.get("RANK", 0)) > 0
 
     class Short(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
@@ -69,6 +72,8 @@ def short_log_lines(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setFormatter(Short())
+            if other_rank:
+                handler.setLevel(logging.CRITICAL + 1)
 
 
 BAR_METRICS = ("loss", "rewards/accuracies", "rewards/margins")

@@ -50,6 +50,76 @@ def test_a_relaunched_job_with_a_bad_input_prints_its_error_once_and_exits_2(tmp
     assert "ChildFailedError" not in result.stderr
 
 
+def test_a_user_run_accelerate_launch_with_a_bad_input_prints_it_once_and_every_rank_exits_2(tmp_path, shared_data):
+    """`accelerate launch --num_processes 2 train.py ...` run by the user (not deita's re-launch): a bad config
+    value (every rank's validation finds it) and a bad record past the preflight's head (both ranks find it
+    inside select) are each printed once, by the main rank; both ranks exit 2 (none SIGTERMed by the agent),
+    the launcher's report names the error as its root cause, and no run dir or meeting folder is left. The
+    launcher's own ChildFailedError traceback remains (torch's agent prints it; see deita/rank_exit.py)."""
+    import os
+    import sys
+
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(100)] + [{"instruction": "q"}]))
+    cases = [(["selection.budget=-5"], "error: config key 'selection.budget': must be a positive row count or -1"),
+             ([f"data.pool=[{{path: '{pool}'}}]"], f"error: {pool}: record 100: field 'output'")]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    for overrides, message in cases:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(free_port())]
+        args = ["recipe=tiny", "stages=[select]", "logger=none", "selection.budget=2", *overrides,
+                *shared_paths(tmp_path, shared_data)]
+        result = run_train(args, launcher=launcher, env={"ACCELERATE_USE_CPU": "1", "TMPDIR": str(temp)}, timeout=300)
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(message), out[-3000:]
+        assert "stopped on rank 1" not in out and "rank 1 of 2" not in out  # rank 1's console is its log file
+        assert out.count("exitcode  : 2 ") == 2 and "SIGTERM)" not in out, out[-3000:]  # both ranks exit 2
+        assert f"traceback : {message}" in out  # the agent's root cause is the error, not a link
+        assert out.count("Traceback") == 1 and "ChildFailedError" in out  # the launcher's own report, once
+        assert not any((tmp_path / "runs").iterdir())  # no run dir, no empty runs/tiny
+        assert not list(temp.glob("deita-ranks-*"))
+
+
+WAITING_RANK = """
+import sys
+from deita import rank_exit
+rank_exit.WAIT_S = float(sys.argv[1])
+print("waiting", flush=True)
+rank_exit.stop_every_rank("error: bad input", 2, sys.argv[2], None)
+"""
+
+
+def test_a_waiting_rank_exits_2_on_the_agents_sigterm_or_prints_an_error_the_main_rank_did_not_share(tmp_path):
+    """Rank 1 of a user-run launch waits for the agent's SIGTERM and exits 2 on it, silently; when none comes
+    (the main rank did not stop on this error) it prints the error itself, naming its rank."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": str(free_port()), "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-c", WAITING_RANK]
+    proc = subprocess.Popen([*cmd, "30", str(tmp_path / "run")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "waiting\n"
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("deita-ranks-*/rank-1")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err == ""
+    alone = subprocess.run([*cmd, "-29.5", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 2
+    assert alone.stderr == "error: bad input (rank 1; the main rank did not stop on it)\n"
+
+
 STALL = """
 import os, time
 import deita.pipeline as pipeline
