@@ -39,3 +39,33 @@ def test_verbose_shows_the_libraries_output(tmp_path, shared_data):
     output = result.stdout + result.stderr
     assert "FutureWarning" in output and "Writing model shards" in output
     assert "deita run summary" in result.stdout
+
+
+def test_the_gguf_dequantisation_bar_follows_transformers_progress_bar_switch(capfd):
+    """transformers' GGUF loader draws its bar with tqdm directly; quiet mode (transformers' bars off) hides
+    it too while packaged:smollm2 is de-quantised, and a verbose run (bars on) keeps it. The real loader is
+    checked to draw that bar through the module's ``tqdm`` name (what the switch replaces)."""
+    import inspect
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from deita.models.resolve import gguf_bar_like_transformers_bars
+
+    assert "tqdm(reader.tensors" in inspect.getsource(gguf_utils.load_gguf_checkpoint)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    try:
+        for enabled in (False, True):
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            capfd.readouterr()
+            with gguf_bar_like_transformers_bars():
+                for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+                    pass
+            assert ("de-quantizing" in capfd.readouterr().err) == enabled
+        original = gguf_utils.tqdm
+        hf_logging.disable_progress_bar()
+        with gguf_bar_like_transformers_bars():
+            pass
+        assert gguf_utils.tqdm is original  # restored
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()

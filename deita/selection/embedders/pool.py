@@ -85,6 +85,11 @@ def embed_pool(rows: list[dict], kind: str, model_path: str, *, cache: Any = Non
 def embedding_dim(embedder: Any) -> int:
     """Width of an embedder's vectors (a chunk whose rows all failed still gets zero rows of that width)."""
     model = embedder.model
-    if hasattr(model, "get_sentence_embedding_dimension"):
-        return int(model.get_sentence_embedding_dimension())
+    # sentence-transformers 6 renamed get_sentence_embedding_dimension (now a FutureWarning) to this
+    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+        if hasattr(model, name):
+            dim = getattr(model, name)()
+            if dim is not None:
+                return int(dim)
+            break
     return int(model.config.hidden_size)
