@@ -98,18 +98,29 @@ def test_manifest_records_config_inputs_versions_timing(fake_stages, tmp_path):
     assert on_disk["world_size"] == 1 and on_disk["wall_seconds"] >= 0 and on_disk["rows"] == 3
 
 
-def test_crash_leaves_no_finished_artifact_and_keeps_the_old_one(fake_stages, tmp_path):
-    calls, crash = fake_stages
+def _finished_run(tmp_path):
+    """(pool file, run dir) of a finished run of every fake stage."""
     pool = tmp_path / "pool.json"
     pool.write_text("[1]")
     run_dir = tmp_path / "run"
     pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    return pool, run_dir
+
+
+def _rerun_crashing_in(stage, crash, tmp_path, pool, run_dir) -> None:
+    """Change the pool and run again; ``stage`` crashes (after writing a file) and the error propagates."""
+    crash["stage"] = stage
+    pool.write_text("[2]")
+    with pytest.raises(RuntimeError, match=f"{stage} crashed"):
+        pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+
+
+def test_crash_leaves_no_finished_artifact_and_keeps_the_old_one(fake_stages, tmp_path):
+    calls, crash = fake_stages
+    pool, run_dir = _finished_run(tmp_path)
     old_sft = (run_dir / "sft" / "out.txt").read_text()
 
-    crash["stage"] = "sft"
-    pool.write_text("[2]")
-    with pytest.raises(RuntimeError, match="sft crashed"):
-        pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    _rerun_crashing_in("sft", crash, tmp_path, pool, run_dir)
     assert (run_dir / "sft" / "out.txt").read_text() == old_sft  # the finished artifact is untouched
     assert not (run_dir / "sft" / "half.txt").exists()
     partial = list(run_dir.glob(".sft.partial-*"))
@@ -221,17 +232,11 @@ def test_each_rank_logs_to_its_own_file_in_the_run_dir(fake_stages, tmp_path, ca
     import logging
 
     caplog.set_level(logging.INFO)  # what train.py's logging config sets
-    calls, crash = fake_stages
-    pool = tmp_path / "pool.json"
-    pool.write_text("[1]")
-    run_dir = tmp_path / "run"
-    pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    _, crash = fake_stages
+    pool, run_dir = _finished_run(tmp_path)
     log = (run_dir / "logs" / "rank0.log").read_text()
     assert "[rank 0]" in log and "rank 0 of 1" in log and "stage dpo: done" in log
-    crash["stage"] = "dpo"
-    pool.write_text("[2]")
-    with pytest.raises(RuntimeError, match="dpo crashed"):
-        pipeline.run_pipeline(_cfg(tmp_path, pool), run_dir)
+    _rerun_crashing_in("dpo", crash, tmp_path, pool, run_dir)
     log = (run_dir / "logs" / "rank0.log").read_text()
     assert "stage dpo: done" in log and "stage dpo stopped on rank 0: RuntimeError: dpo crashed" in log  # appended
     assert not any(type(h).__name__ == "RankFileHandler" for h in logging.getLogger().handlers)  # detached
