@@ -17,10 +17,11 @@ complete) and holds the pool fingerprint, :func:`deita.fingerprint.hash_rows` of
 they were written (identical to hashing the rows in a list, so caches keyed by it stay valid), and per
 source its rows, skipped records, first skipped record's error and format.
 
-The file is opened with ``pyarrow.memory_map`` and the IPC reader (zero-copy): every process on a node
-shares its pages through the page cache, and :class:`PoolRows` builds a row dict only when one is asked
-for. (``datasets.Dataset.from_file`` maps Arrow files the same way; plain pyarrow keeps the file, its
-atomic write and its key in our hands, with no ``datasets`` cache files or fingerprints beside it.)
+The file is memory-mapped (``mmap``, read-only, shared) and read by pyarrow's IPC reader zero-copy
+(:func:`map_pool`): every process on a node shares its pages through the page cache, and :class:`PoolRows`
+builds a row dict only when one is asked for. (``datasets.Dataset.from_file`` maps Arrow files the same way;
+plain pyarrow keeps the file, its atomic write, its key and the map's access advice in our hands, with no
+``datasets`` cache files or fingerprints beside it.)
 
 The key hashes what determines the rows: each source's options (:func:`deita.data.sources.source_options`)
 and files (resolved path, size, mtime in ns, of every file under a folder; a hub dataset by the revision
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,18 +57,67 @@ _CODE_MODULES = ("formats.py", "formats_reference.py", "fields.py", "loading.py"
 """Modules of ``deita/data`` whose bytes are part of the key: a change to how records become rows converts anew."""
 
 
+class MappedFile:
+    """A pool file, memory-mapped (shared, read-only) for pyarrow, and open for ``pread``.
+
+    Reads through a file map fault in whole page-cache folios (~1 MB each on this machine's kernel, whatever
+    ``MADV_RANDOM`` says), which then count in the process's resident set: 10K scattered row reads mapped
+    most of a 200 MB pool file. So single rows are read with ``pread`` at their file positions (the page
+    cache serves them; nothing is mapped), and column passes drop the map's pages after each record batch
+    (``MADV_DONTNEED``; they stay in the page cache)."""
+
+    def __init__(self, path: Path):
+        import mmap
+
+        import pyarrow as pa
+
+        self.file = open(path, "rb")
+        self._map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.buffer = pa.py_buffer(self._map)
+
+    def position(self, buffer) -> int:
+        """The file position of an Arrow buffer that lies in the map (-1 when it does not: a copy)."""
+        pos = buffer.address - self.buffer.address
+        return pos if 0 <= pos and pos + buffer.size <= self.buffer.size else -1
+
+    def pread(self, size: int, position: int) -> bytes:
+        """``size`` bytes of the file at ``position``, read without the map."""
+        return os.pread(self.file.fileno(), size, position)
+
+    def release(self) -> None:
+        """Drop the map's pages from this process (they stay in the page cache for the next read)."""
+        import mmap
+
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+
 class PoolRows(Sequence):
     """The pool's canonical rows, read-only and lazy: ``len``, ``rows[i]`` and ``rows[a:b]`` (dicts built
     on demand from the stored JSON), iteration (one record batch decoded at a time), and :attr:`ids` and
-    :attr:`response_lengths` read from their own columns without touching the row text."""
+    :attr:`response_lengths` read from their own columns without touching the row text. With ``mapped``
+    (the file under ``table``) single rows are read by ``pread`` and passes release the map's pages."""
 
-    def __init__(self, table):
+    def __init__(self, table, mapped: Optional[MappedFile] = None):
         import numpy as np
 
-        self._table = table
+        self._table, self._mapped = table, mapped
         self._text = table.column("row")
         self._starts = np.cumsum([0] + [len(c) for c in self._text.chunks])
         self._ids: Optional[list[str]] = None
+        # per record batch: file positions of its string offsets (int32) and its text, or None (read via Arrow)
+        self._where = [self._locate(c) for c in self._text.chunks]
+
+    def _locate(self, chunk) -> Optional[tuple[int, int]]:
+        if self._mapped is None:
+            return None
+        _, offsets, data = chunk.buffers()
+        at_offsets, at_data = self._mapped.position(offsets), self._mapped.position(data)
+        return None if min(at_offsets, at_data) < 0 else (at_offsets + 4 * chunk.offset, at_data)
+
+    def _release(self) -> None:
+        if self._mapped is not None:
+            self._mapped.release()
 
     def __len__(self) -> int:
         return self._table.num_rows
@@ -76,30 +127,61 @@ class PoolRows(Sequence):
             start, stop, step = index.indices(len(self))
             if step != 1:
                 return [self[i] for i in range(start, stop, step)]
-            return [json.loads(t) for t in self._text.slice(start, max(0, stop - start)).to_pylist()]
+            texts = self._text.slice(start, max(0, stop - start)).to_pylist()
+            self._release()
+            return [json.loads(t) for t in texts]
         n = len(self)
         i = index + n if index < 0 else index
         if not 0 <= i < n:
             raise IndexError(f"pool row {index} out of range for {n} rows")
         chunk = int(self._starts.searchsorted(i, side="right")) - 1
-        return json.loads(self._text.chunk(chunk)[i - int(self._starts[chunk])].as_py())
+        j, where = i - int(self._starts[chunk]), self._where[chunk]
+        if where is None:
+            return json.loads(self._text.chunk(chunk)[j].as_py())
+        first, end = struct.unpack("<ii", self._mapped.pread(8, where[0] + 4 * j))
+        return json.loads(self._mapped.pread(end - first, where[1] + first).decode("utf-8"))
 
     def __iter__(self) -> Iterator[dict]:
         for chunk in self._text.chunks:
-            for text in chunk.to_pylist():
+            texts = chunk.to_pylist()
+            self._release()  # a full pass holds one batch of the file in this process, not the file
+            for text in texts:
                 yield json.loads(text)
+
+    def _column(self, name: str) -> list:
+        out: list = []
+        for chunk in self._table.column(name).chunks:
+            out += chunk.to_pylist()
+            self._release()
+        return out
 
     @property
     def ids(self) -> list[str]:
         """Every row's id, in pool order (read once from the ``id`` column)."""
         if self._ids is None:
-            self._ids = self._table.column("id").to_pylist()
+            self._ids = self._column("id")
         return self._ids
 
     @property
     def response_lengths(self) -> list[int]:
         """Per row, its assistant messages' characters (the ``response_chars`` column)."""
-        return self._table.column("response_chars").to_pylist()
+        return self._column("response_chars")
+
+
+class RowsAt(Sequence):
+    """The rows of ``rows`` at ``positions``, in that order, read from ``rows`` when asked for (a subset of a
+    :class:`PoolRows` that builds no dict in advance)."""
+
+    def __init__(self, rows: Sequence, positions: list[int]):
+        self._rows, self._positions = rows, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._rows[p] for p in self._positions[index]]
+        return self._rows[self._positions[index]]
 
 
 def row_ids(rows: Sequence) -> list[str]:
@@ -231,11 +313,12 @@ def _read_meta(path: Path) -> Optional[dict]:
 
 
 def map_pool(path: Path, meta: dict) -> ArrowPool:
-    """Memory-map a finished pool file (zero-copy: the rows stay in the page cache)."""
+    """Memory-map a finished pool file (zero-copy: the rows stay in the page cache; see :class:`MappedFile`)."""
     import pyarrow as pa
 
-    table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    return ArrowPool(path, PoolRows(table), meta["fingerprint"], meta["sources"])
+    mapped = MappedFile(path)
+    table = pa.ipc.open_file(pa.BufferReader(mapped.buffer)).read_all()
+    return ArrowPool(path, PoolRows(table, mapped), meta["fingerprint"], meta["sources"])
 
 
 def open_pool(sources: Iterable[Any], kind: str, cache_dir: str | os.PathLike, *, on_error: Optional[str] = None,

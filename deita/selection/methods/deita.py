@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from deita.config import SelectionModels
-from deita.data.pool_file import row_ids
+from deita.data.pool_file import RowsAt, row_ids
 from deita.selection.base import SELECTORS, SelectionConfig, SelectionContext, SelectionResult, Selector
 from deita.selection.precomputed import PrecomputedInputs
 
@@ -140,9 +140,9 @@ def combine_scores(cols: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def distinct_conversations(rows: list[dict]) -> tuple[list[dict], list[int]]:
-    """The rows with distinct ``messages`` (the first copy of each, in pool order) and, for every pool row,
-    the position of its copy in that list.
+def distinct_conversations(rows: list[dict]) -> tuple[RowsAt, list[int]]:
+    """The rows with distinct ``messages`` (the first copy of each, in pool order; read from ``rows`` when
+    asked for, so a lazy pool stays lazy) and, for every pool row, the position of its copy in that list.
 
     Conversations are keyed by a 16-byte BLAKE2b digest of their canonical JSON, not the JSON itself, so the
     lookup holds ~100 bytes a row instead of a second copy of the pool's text."""
@@ -150,16 +150,16 @@ def distinct_conversations(rows: list[dict]) -> tuple[list[dict], list[int]]:
     import json
 
     first: dict[bytes, int] = {}
-    unique: list[dict] = []
+    unique: list[int] = []
     slot: list[int] = []
-    for row in rows:
+    for i, row in enumerate(rows):
         text = json.dumps(row.get("messages"), sort_keys=True, ensure_ascii=False)
         key = hashlib.blake2b(text.encode(), digest_size=16).digest()
         if key not in first:
             first[key] = len(unique)
-            unique.append(row)
+            unique.append(i)
         slot.append(first[key])
-    return unique, slot
+    return RowsAt(rows, unique), slot
 
 
 def from_file_rows(res, file_rows):
