@@ -5,7 +5,9 @@ declaring its inputs:
 
 * each source under the stage's ``data_keys`` (and each of its ``extra_sources``) is opened and its first :data:`HEAD_RECORDS` records of each
   file are normalised as the stage's ``data_kind`` (format, fields, ``on_error`` as configured); the full
-  file is streamed and checked by the stage itself, so preflight costs the same for a 1 KB and a 10 GB pool;
+  file is streamed and checked by the stage itself, so preflight costs the same for a 1 KB and a 10 GB pool
+  (with ``on_error: skip``, a head of bad records only makes it read on to the first usable one:
+  :data:`PROBE_GROWTH`);
 * each reference of the stage's ``model_refs`` is resolved to a config and a tokenizer
   (:func:`deita.models.resolve.check_model_ref`) without loading any weights;
 * the stage's own ``preflight`` hook opens its other input files (``input_files``: precomputed scores and
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 HEAD_RECORDS = 64
 """Records of each data file that preflight normalises."""
+PROBE_GROWTH = 64
+"""With ``on_error: skip``, a head of only bad records is not an error yet: preflight reads ``PROBE_GROWTH``
+times more records, then more, until one is usable (the whole file at most: a file with no usable record
+fails here, as it would in its stage)."""
 
 
 class SourceError(ConfigError):
@@ -43,14 +49,22 @@ def check_source(source, kind: str, key: str) -> None:
     """Open ``source`` (a data-source node) and normalise its first records as ``kind`` rows; a
     :class:`ConfigError` naming ``key`` (``data.pool[0].path``) and the file otherwise."""
     from deita.data.errors import DataError
-    from deita.data.loading import load_rows
+    from deita.data.loading import NoUsableRecords, load_rows
     from deita.data.sources import source_options
 
     opts = {"path": source}
     try:
         opts = source_options(source)
-        load_rows(opts["path"], kind=kind, fmt=opts["format"], split=opts["split"], revision=opts["revision"],
-                  on_error=opts["on_error"], limit=opts["limit"], head=HEAD_RECORDS)
+        head: int | None = HEAD_RECORDS
+        while True:
+            try:
+                load_rows(opts["path"], kind=kind, fmt=opts["format"], split=opts["split"], revision=opts["revision"],
+                          on_error=opts["on_error"], limit=opts["limit"], head=head)
+                break
+            except NoUsableRecords:
+                if opts["on_error"] != "skip" or head is None:
+                    raise
+                head = head * PROBE_GROWTH if head < HEAD_RECORDS * PROBE_GROWTH ** 2 else None
     except DataError as err:
         raise SourceError(f"{key}: {err}", err.file) from None
     except ValueError as err:  # a format that gives another kind of rows, an unknown format name

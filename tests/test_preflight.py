@@ -92,6 +92,38 @@ def test_preflight_reads_only_the_head_of_a_jsonl_pool(tmp_path):
         check_source({"path": str(bad_early)}, "sft", "data.pool[0].path")
 
 
+def test_with_on_error_skip_a_head_of_bad_records_reads_on_to_the_first_usable_one(tmp_path, caplog):
+    """``on_error: skip`` promises bad records are dropped: a file whose first 70 records are bad passes
+    preflight (which reads on, silently: the stage warns with the full count); a file with no usable
+    record at all still fails preflight, with the whole count."""
+    import logging
+
+    from deita.preflight import HEAD_RECORDS, check_source
+
+    good, bad = {"instruction": "q", "output": "a"}, {"instruction": "q"}
+    late = _write_jsonl(tmp_path / "late.jsonl", [bad] * (HEAD_RECORDS + 6) + [good] * 3)
+    with caplog.at_level(logging.WARNING):
+        check_source({"path": str(late), "on_error": "skip"}, "sft", "data.pool[0].path")
+    assert "skipped" not in caplog.text
+    with pytest.raises(ConfigError, match=r"record 0 \(line 1\): expected the keys of a known sft format"):  # raise: the head fails at once
+        check_source({"path": str(late)}, "sft", "data.pool[0].path")
+    all_bad = _write_jsonl(tmp_path / "all_bad.jsonl", [bad] * 5000)
+    with pytest.raises(ConfigError, match=r"holds no usable records \(5000 skipped; the first: .*record 0"):
+        check_source({"path": str(all_bad), "on_error": "skip"}, "sft", "data.pool[0].path")
+
+
+def test_train_py_runs_a_pool_whose_first_records_are_bad_with_on_error_skip(tmp_path, shared_data):
+    """Through train.py: preflight lets it through, the select stage skips the 70 bad records and says so once."""
+    lines = ["{bad json"] * 70 + [json.dumps({"instruction": f"q{i}", "output": "a"}) for i in range(20)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(lines) + "\n")
+    proc = run_train(["recipe=tiny", "logger=none", "stages=[select]", "selection.budget=5", f"paths.runs_dir={tmp_path / 'runs'}",
+                      f"paths.cache_dir={tmp_path / 'cache'}", f"data.pool=[{{path: {pool}, on_error: skip}}]"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("skipped 70 bad record(s)") == 1 and "skipped 64" not in output
+
+
 @pytest.mark.parametrize("suffix", [".json", ".json.gz", ".parquet"])
 def test_head_of_large_files_equals_the_first_rows_of_the_full_read(tmp_path, suffix, monkeypatch):
     """The prefix reader of a large .json list (and parquet's first batch) gives exactly the first rows of

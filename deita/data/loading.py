@@ -395,12 +395,16 @@ class RowStream:
             yield from out
             if limit is not None and n_rows >= limit:
                 break
-        if self.skipped and env_dist().is_main:
+        if self.skipped and env_dist().is_main and self.head is None:  # a head is a probe: the stage warns
             warn_skipped(self.source, self.skipped, self.first_error)
         if not n_rows:
             why = f" ({self.skipped} skipped; the first: {self.first_error})" if self.skipped else ""
             first = "" if self.head is None else f" in its first {self.head} records"
-            raise DataError(f"holds no usable records{first}{why}", file=self.source)
+            raise NoUsableRecords(f"holds no usable records{first}{why}", file=self.source)
+
+
+class NoUsableRecords(DataError):
+    """A source (or, with ``head``, its first records) that gave no row: empty, or every record bad."""
 
 
 def warn_skipped(source: str, skipped: int, first_error: Any) -> None:
