@@ -1,17 +1,22 @@
-"""Benchmark: the DEITA scorer (shared-prefix KV, ``prefix_cache=true``) vs the same scorer running every
-prompt whole (``prefix_cache=false``, the path before the prefix cache) vs the reference path (one
-``generate`` per prompt), interleaved, at one thread count; with effective GFLOP/s beside the machine's
-measured single-thread GEMM rate.
+"""Benchmark: the DEITA scorer (packed decoder over the shared-prefix KV: ``packed=True, prefix_cache=true``)
+vs the same scorer through the Hugging Face forward with the prefix cache (``packed=False``, the path before
+the packed decoder) vs every prompt whole through the HF forward (``packed=False, prefix_cache=false``, the
+path before the prefix cache) vs the reference path (one ``generate`` per prompt), interleaved, at one thread
+count; with effective GFLOP/s beside the machine's measured single-thread GEMM rate and the exact ceiling.
 
 The reference path re-implements hkust-nlp/deita ``Scorer.infer_score`` (HF backend) faithfully: per prompt,
 ``tokenizer.encode(prompt, return_tensors="pt")``, ``model.generate(max_new_tokens=2,
 num_return_sequences=1, return_dict_in_generate=True, output_scores=True)``, ``scores[0][0]``, the six
-digit logits, softmax, expectation. All three paths use the same weights (fp32) and the same prompts; ours runs its own copy of the model
-(switched to the suffix attention), the other two share a copy with the stock SDPA attention.
+digit logits, softmax, expectation. All paths use the same weights (fp32) and the same prompts; ours and the
+HF prefix path run their own copies of the model (ours with fused projection weights, the HF prefix path
+switched to the suffix attention), the whole-prompt and reference paths share a copy with the stock SDPA
+attention.
 
 Effective GFLOP/s = prompt tokens × 2 × non-embedding parameters / CPU seconds: the work a plain forward
 pass over every prompt token would do per second (attention over the context is not counted). A path that
-skips work (the shared prefix) can exceed the GEMM rate.
+skips work (the shared prefix, the last layer at one token) can exceed the GEMM rate. Exact ceiling of ours
+vs the reference: (GEMM rate / reference GFLOP/s) / (1 - prefix share), i.e. every token outside the shared
+prefix computed at the GEMM rate, attention and the last layer's savings aside.
 
     python benchmarks/bench_scorer.py --threads 1 --rows 100 --smollm2-rows 40 --repeats 3 \\
         --out benchmarks/results/scorer.md
@@ -33,7 +38,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "instruct" / "llamafactory_alpaca_en_demo.json"
-PATHS = ("prefix", "whole", "reference")
+PATHS = ("ours", "prefix", "whole", "reference")
+LABELS = {"ours": "ours (packed + prefix)", "prefix": "HF + prefix", "whole": "HF whole", "reference": "reference"}
 
 
 def alpaca_turns(n: int) -> list[tuple[str, str]]:
@@ -84,7 +90,7 @@ def gemm_gflops(m: int, k: int, n: int, reps: int = 10, inner: int = 10) -> floa
 
 
 def bench_model(ref: str, n_rows: int, max_tokens: int, repeats: int) -> list[dict]:
-    """Time the three paths, interleaved ``repeats`` times, on complexity and quality prompts."""
+    """Time the four paths, interleaved ``repeats`` times, on complexity and quality prompts."""
     from deita.models.resolve import resolve_model
     from deita.selection.scorers import DeitaScorer
     from deita.selection.scorers.prompts import render_prompt
@@ -93,18 +99,21 @@ def bench_model(ref: str, n_rows: int, max_tokens: int, repeats: int) -> list[di
     turns = alpaca_turns(n_rows)
     results = []
     for kind in ("complexity", "quality"):
-        fast = DeitaScorer(kind, path, dtype="float32", device="cpu", max_length=2048,
-                           max_tokens_per_batch=max_tokens, show_progress=False)
-        whole = DeitaScorer(kind, path, dtype="float32", device="cpu", max_length=2048,
-                            max_tokens_per_batch=max_tokens, show_progress=False, prefix_cache=False)
+        opts = dict(dtype="float32", device="cpu", max_length=2048, max_tokens_per_batch=max_tokens,
+                    show_progress=False)
+        fast = DeitaScorer(kind, path, **opts)
+        assert fast.packed is not None, "the packed decoder does not apply to this model"
+        hf_prefix = DeitaScorer(kind, path, packed=False, **opts)
+        whole = DeitaScorer(kind, path, packed=False, prefix_cache=False, **opts)
         model, tok = whole.model, whole.tokenizer  # stock attention, as the code before the prefix cache
 
         prompts = [render_prompt(kind, q, a) for q, a in turns]
         n_tokens = sum(len(tok.encode(p)) for p in prompts)
-        run = {"prefix": lambda: fast.score_turns(turns).scores, "whole": lambda: whole.score_turns(turns).scores,
+        run = {"ours": lambda: fast.score_turns(turns).scores, "prefix": lambda: hf_prefix.score_turns(turns).scores,
+               "whole": lambda: whole.score_turns(turns).scores,
                "reference": lambda: reference_scores(tok, model, prompts, fast.digit_ids)}
-        fast.score_turns(turns[:4])
-        whole.score_turns(turns[:4])
+        for scorer in (fast, hf_prefix, whole):
+            scorer.score_turns(turns[:4])
         reference_scores(tok, model, prompts[:2], fast.digit_ids)  # warm-ups
         times: dict[str, list[float]] = {p: [] for p in PATHS}
         cpu: dict[str, list[float]] = {p: [] for p in PATHS}
@@ -118,15 +127,15 @@ def bench_model(ref: str, n_rows: int, max_tokens: int, repeats: int) -> list[di
         assert not any(fast.score_turns(turns[:1]).truncated)
         med = {p: statistics.median(times[p]) for p in PATHS}
         med_cpu = {p: statistics.median(cpu[p]) for p in PATHS}
-        ref_s = np.asarray(scores["reference"])
+        got = {p: np.asarray(scores[p]) for p in PATHS}
         gflop = n_tokens * 2 * non_embedding_params(model) / 1e9
         results.append(dict(
             model=ref, kind=kind, rows=n_rows, tokens=n_tokens, prefix_tokens=len(fast.prefix),
             prefix_share=len(fast.prefix) * n_rows / n_tokens, fallback=fast.prefix_stats["fallback_rows"],
             med=med, med_cpu=med_cpu, times=times, cpu=cpu, gflops={p: gflop / med_cpu[p] for p in PATHS},
-            d_ref=float(np.max(np.abs(np.asarray(scores["prefix"]) - ref_s))),
-            d_whole=float(np.max(np.abs(np.asarray(scores["prefix"]) - np.asarray(scores["whole"])))),
-            d_whole_ref=float(np.max(np.abs(np.asarray(scores["whole"]) - ref_s))), spread=float(np.std(ref_s)),
+            delta={(a, b): float(np.max(np.abs(got[a] - got[b])))
+                   for a, b in (("ours", "reference"), ("ours", "prefix"), ("ours", "whole"), ("whole", "reference"))},
+            spread=float(np.std(got["reference"])),
             hidden=model.config.hidden_size, inter=getattr(model.config, "intermediate_size", 4 * model.config.hidden_size),
         ))
         print({k: v for k, v in results[-1].items() if k not in ("times", "cpu")}, flush=True)
@@ -137,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100, help="Alpaca rows for tiny:llama (0: skip)")
     parser.add_argument("--smollm2-rows", type=int, default=40, help="Alpaca rows for packaged:smollm2 (0: skip)")
-    parser.add_argument("--max-tokens", type=int, default=8192, help="padded tokens per batch (CPU caps it at 512)")
+    parser.add_argument("--max-tokens", type=int, default=8192, help="tokens per batch: padded on the HF paths, real on ours (CPU caps it at 512)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each path (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every path")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
@@ -155,69 +164,67 @@ def main() -> None:
     cmd = (f"python benchmarks/bench_scorer.py --threads {args.threads} --rows {args.rows} --smollm2-rows "
            f"{args.smollm2_rows} --repeats {args.repeats} --max-tokens {args.max_tokens} --out {args.out or '-'}")
     lines = [
-        "# DEITA scorer: shared-prefix KV (ours) vs whole prompts (before) vs one `generate` per prompt (reference)",
+        "# DEITA scorer: packed decoder + shared-prefix KV (ours) vs HF forward + prefix vs HF forward, whole "
+        "prompts vs one `generate` per prompt (reference)",
         "",
         f"Command: `{cmd}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
         f"{args.threads} torch thread(s) for every path, CPU, fp32. Load average (1/5/15 min) at start "
         f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, at end {load_end[0]:.1f}/{load_end[1]:.1f}/"
-        f"{load_end[2]:.1f}. The three paths use the same weights and the same prompts (first Alpaca rows of "
+        f"{load_end[2]:.1f}. The four paths use the same weights and the same prompts (first Alpaca rows of "
         f"`llamafactory_alpaca_en_demo.json`), run interleaved {args.repeats} times (order reversed on every "
-        "other repeat); seconds are the median. Model load excluded; one warm-up call each.",
+        "other repeat); seconds are medians of process CPU time (with one thread: the time this process "
+        "computed, much less sensitive to other jobs on the shared machine than wall time). Model load "
+        "excluded; one warm-up call each.",
         "",
-        "| model | scorer | rows | prompt tokens | prefix tokens (share) | rows run whole | ours s | before s "
-        "| reference s | ours vs reference | ours vs before | before vs reference | max \\|Δ\\| ours-reference "
-        "| max \\|Δ\\| ours-before | max \\|Δ\\| before-reference | score std |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | scorer | rows | prompt tokens | prefix tokens (share) | rows run whole | ours CPU s | HF + prefix "
+        "CPU s | HF whole CPU s | reference CPU s | ours vs reference | ours vs HF + prefix | HF + prefix vs "
+        "reference | HF whole vs reference | max \\|Δ\\| ours-reference | max \\|Δ\\| ours-HF + prefix "
+        "| max \\|Δ\\| ours-HF whole | score std |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res:
-        m = r["med"]
+        c, d = r["med_cpu"], r["delta"]
         lines.append(
             f"| {r['model']} | {r['kind']} | {r['rows']} | {r['tokens']} | {r['prefix_tokens']} "
-            f"({100 * r['prefix_share']:.0f}%) | {r['fallback']} | {m['prefix']:.2f} | {m['whole']:.2f} | "
-            f"{m['reference']:.2f} | **{m['reference'] / m['prefix']:.2f}x** | {m['whole'] / m['prefix']:.2f}x | "
-            f"{m['reference'] / m['whole']:.2f}x | {r['d_ref']:.1e} | {r['d_whole']:.1e} | {r['d_whole_ref']:.1e} | "
-            f"{r['spread']:.3f} |")
-    lines += [
-        "",
-        "The same runs in process CPU seconds (medians; with one thread, the time this process computed, less "
-        "sensitive to other jobs on the shared machine than wall time):",
-        "",
-        "| model | scorer | ours CPU s | before CPU s | reference CPU s | ours vs reference | ours vs before "
-        "| before vs reference |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in res:
-        c = r["med_cpu"]
-        lines.append(f"| {r['model']} | {r['kind']} | {c['prefix']:.2f} | {c['whole']:.2f} | {c['reference']:.2f} | "
-                     f"**{c['reference'] / c['prefix']:.2f}x** | {c['whole'] / c['prefix']:.2f}x | "
-                     f"{c['reference'] / c['whole']:.2f}x |")
+            f"({100 * r['prefix_share']:.0f}%) | {r['fallback']} | {c['ours']:.2f} | {c['prefix']:.2f} | "
+            f"{c['whole']:.2f} | {c['reference']:.2f} | **{c['reference'] / c['ours']:.2f}x** | "
+            f"{c['prefix'] / c['ours']:.2f}x | {c['reference'] / c['prefix']:.2f}x | {c['reference'] / c['whole']:.2f}x | "
+            f"{d['ours', 'reference']:.1e} | {d['ours', 'prefix']:.1e} | {d['ours', 'whole']:.1e} | {r['spread']:.3f} |")
     lines += ["", "Per-run seconds, wall (CPU) (interleaved order):", ""]
     for r in res:
         lines.append(f"- {r['model']} {r['kind']}: " + "; ".join(
-            f"{p} " + ", ".join(f"{t:.2f} ({c:.2f})" for t, c in zip(r["times"][p], r["cpu"][p])) for p in PATHS))
+            f"{LABELS[p]} " + ", ".join(f"{t:.2f} ({c:.2f})" for t, c in zip(r["times"][p], r["cpu"][p]))
+            for p in PATHS))
     lines += [
         "",
         "Effective GFLOP/s = prompt tokens × 2 × non-embedding parameters / median process CPU seconds, beside "
         "the best single-thread fp32 GEMM rate measured here (CPU seconds) for a [512, hidden] @ [hidden, "
-        "intermediate] product (the MLP's shape). With the prefix cache the prefix tokens are not computed per "
-        "row, so ours counts work avoided as done and can exceed the GEMM rate.",
+        "intermediate] product (the MLP's shape). Ours does not compute the prefix tokens per row (nor the last "
+        "layer beyond K/V at all but one token), so it counts work avoided as done and can exceed the GEMM rate. "
+        "Exact ceiling of ours vs the reference = (GEMM / reference GFLOP/s) / (1 − prefix share): every row "
+        "token computed at the GEMM rate, attention and the last-layer savings aside.",
         "",
-        "| model | scorer | ours GFLOP/s | before GFLOP/s | reference GFLOP/s | 1-thread GEMM GFLOP/s | before / GEMM |",
-        "|---|---|---|---|---|---|---|",
+        "| model | scorer | ours GFLOP/s | HF + prefix GFLOP/s | HF whole GFLOP/s | reference GFLOP/s "
+        "| 1-thread GEMM GFLOP/s | HF whole / GEMM | exact ceiling vs reference | ours vs reference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res:
-        g = r["gflops"]
-        lines.append(f"| {r['model']} | {r['kind']} | {g['prefix']:.1f} | {g['whole']:.1f} | {g['reference']:.1f} | "
-                     f"{gemm[r['model']]:.1f} | {g['whole'] / (gemm[r['model']] * args.threads):.2f} |")
+        g, gm = r["gflops"], gemm[r["model"]] * args.threads
+        lines.append(f"| {r['model']} | {r['kind']} | {g['ours']:.1f} | {g['prefix']:.1f} | {g['whole']:.1f} | "
+                     f"{g['reference']:.1f} | {gm:.1f} | {g['whole'] / gm:.2f} | "
+                     f"{gm / g['reference'] / (1 - r['prefix_share']):.2f}x | "
+                     f"{r['med_cpu']['reference'] / r['med_cpu']['ours']:.2f}x |")
     lines += [
         "",
         "Identical-output check: max |Δ| columns are the largest score differences over all rows (targets: ours "
-        "vs before ≤ 1e-5, ours vs reference ≤ 1e-4). Ours: the template head before `{instruction}` runs once "
-        "per scorer; each prompt runs only its own tokens from the head's keys/values (expanded views), in "
-        "length-sorted right-padded batches, LM head at the last real token only. Rows run whole: prompts whose "
-        "tokens differ from the head's at the boundary (they take the whole-prompt path).",
+        "vs the HF paths ≤ 1e-5, ours vs reference ≤ 1e-4). Ours: the template head before `{instruction}` "
+        "runs once per scorer; each prompt runs only its own tokens from the head's keys/values through the "
+        "packed decoder (`deita.models.packed`: the batch's real tokens concatenated for norms, projections "
+        "and MLP, Q/K/V and gate/up as one GEMM each, right-padded rows only inside the attention, the last "
+        "layer's query, o_proj and MLP at each row's last token only), LM head at the last token only. Rows "
+        "run whole: prompts whose tokens differ from the head's at the boundary (they run without the prefix).",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

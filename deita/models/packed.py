@@ -141,14 +141,13 @@ class PackedDecoder:
         skip = len(prefix) if prefix is not None else 0
         lens_t = torch.tensor(lens, device=device)
         col = torch.arange(width, device=device)
-        real = col[None, :] < lens_t[:, None]  # [B, T] real tokens, row-major = packed order
-        slot = real.reshape(-1).nonzero()[:, 0]  # padded slot of each packed token
+        row_of, col_of = (col[None, :] < lens_t[:, None]).nonzero(as_tuple=True)  # packed order, row-major
+        dense = n == rows * width  # rows of one length: the packed tokens are the [B, T] layout already
         last = lens_t.cumsum(0) - 1  # packed index of each row's last token
         ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=device)
-        positions = (col + skip).expand(rows, -1)[real]
 
         x = self.embed(ids)
-        cos, sin = self.rotary(x, positions[None])
+        cos, sin = self.rotary(x, (col_of + skip)[None])
         cos, sin = cos[0][:, None], sin[0][:, None]  # [N, 1, d]
         keys = skip + width
         causal = None
@@ -160,36 +159,41 @@ class PackedDecoder:
         for li, w in enumerate(self.layers):
             final = li == len(self.layers) - 1
             qkv = F.linear(w["ln1"](x), w["qkv"])
-            q, k, v = qkv.split([nq * hd, nkv * hd, nkv * hd], dim=-1)
-            k = _rope(k.view(n, nkv, hd), cos, sin)
-            kpad = x.new_zeros(rows * width, 2, nkv, hd)
-            kpad[slot, 0] = k
-            kpad[slot, 1] = v.view(n, nkv, hd)
-            kpad = kpad.view(rows, width, 2, nkv, hd).permute(2, 0, 3, 1, 4)  # [2, B, kv, T, d]
-            k_all, v_all = kpad[0], kpad[1]
-            if skip:
-                pk, pv = prefix.kv[li]
-                k_all = torch.cat([pk.expand(rows, -1, -1, -1), k_all], dim=2)
-                v_all = torch.cat([pv.expand(rows, -1, -1, -1), v_all], dim=2)
-            if final:  # only the last token's output is read: one query per row, its real keys only
-                q = _rope(q[last].view(rows, nq, hd), cos[last], sin[last])
+            v = qkv[:, (nq + nkv) * hd :].view(n, nkv, hd)
+            if final:  # only the last token's output is read: one query per row
+                k = _rope(qkv[:, nq * hd : (nq + nkv) * hd].view(n, nkv, hd), cos, sin)
+                q = _rope(qkv[last, : nq * hd].view(rows, nq, hd), cos[last], sin[last])
+            else:
+                qk = _rope(qkv[:, : (nq + nkv) * hd].view(n, nq + nkv, hd), cos, sin)  # q and k in one pass
+                q, k = qk[:, :nq], qk[:, nq:]
+            if dense and not skip:
+                k_all, v_all = (t.view(rows, width, nkv, hd).transpose(1, 2) for t in (k, v))
+            else:  # right padded [B, kv, skip + T, d] after the prefix's keys/values; zero pads
+                kv = x.new_zeros(rows, keys, 2, nkv, hd)
+                if skip:
+                    pk, pv = prefix.kv[li]
+                    kv[:, :skip, 0] = pk[0].transpose(0, 1)
+                    kv[:, :skip, 1] = pv[0].transpose(0, 1)
+                kv[row_of, col_of + skip, 0] = k
+                kv[row_of, col_of + skip, 1] = v
+                k_all, v_all = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+            if final:
                 out = F.scaled_dot_product_attention(q[:, :, None], k_all, v_all, attn_mask=last_mask,
                                                      scale=w["scaling"], **gqa)
                 attn = out.reshape(rows, nq * hd)
                 x = x[last]
             else:
-                q = _rope(q.view(n, nq, hd), cos, sin)
-                qpad = x.new_zeros(rows * width, nq, hd)
-                qpad[slot] = q
-                qpad = qpad.view(rows, width, nq, hd).transpose(1, 2)
-                if skip:
-                    out = F.scaled_dot_product_attention(qpad, k_all, v_all, attn_mask=causal, scale=w["scaling"],
-                                                         **gqa)
+                if dense:
+                    qpad = q.reshape(rows, width, nq, hd)
                 else:
-                    out = F.scaled_dot_product_attention(qpad, k_all, v_all, is_causal=True, scale=w["scaling"],
-                                                         **gqa)
-                attn = out.transpose(1, 2).reshape(rows * width, nq * hd)[slot]
-            x = x + F.linear(attn, w["o"])
-            gate, up = F.linear(w["ln2"](x), w["gate_up"]).split(w["inter"], dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w["down"])
+                    qpad = x.new_zeros(rows, width, nq, hd)
+                    qpad[row_of, col_of] = q
+                mask = {"attn_mask": causal} if skip else {"is_causal": True}
+                out = F.scaled_dot_product_attention(qpad.transpose(1, 2), k_all, v_all, scale=w["scaling"],
+                                                     **mask, **gqa).transpose(1, 2)
+                attn = (out.reshape(n, nq * hd) if dense else out[row_of, col_of].reshape(n, nq * hd))
+            x = torch.addmm(x, attn, w["o"].t())  # x + attn @ o^T, the residual added inside the GEMM
+            gate_up = F.linear(w["ln2"](x), w["gate_up"])
+            act = F.silu(gate_up[:, : w["inter"]], inplace=True).mul_(gate_up[:, w["inter"] :])
+            x = torch.addmm(x, act, w["down"].t())
         return self.norm(x)
