@@ -127,3 +127,27 @@ def test_packed_batches_count_real_tokens():
     assert packed == [[0], [4], [2, 1, 3]]
     assert all(sum(lengths[i] for i in b) <= 12 for b in packed)
     assert length_sorted_batches(lengths, 12) == [[0], [4], [2], [1, 3]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_packed_clm_last_embeddings_equal_the_hf_forward(arch, tiny_llama, tiny_mistral):
+    """``clm_last`` through the packed decoder against the HF forward, whole conversations and from the
+    vicuna head's keys/values; ``clm_mean`` keeps the HF forward."""
+    from deita.selection.embedders import EMBEDDERS, render_vicuna_dialogue
+    from deita.selection.embedders.render import template_head
+    from tests.test_embedders import TEXTS
+
+    path = str(tiny_llama if arch == "llama" else tiny_mistral)
+    texts = TEXTS + [render_vicuna_dialogue([{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}])
+                     for t in TEXTS]
+    head = template_head("vicuna_v1.1")
+    for prefix_text in (None, head):
+        fast = EMBEDDERS.get("clm_last")(path, batch_size=3, show_progress=False, prefix_text=prefix_text)
+        slow = EMBEDDERS.get("clm_last")(path, batch_size=3, show_progress=False, prefix_text=prefix_text,
+                                         packed=False)
+        assert fast.packed is not None and slow.packed is None
+        got, want = fast.embed_texts(texts, normalize=False), slow.embed_texts(texts, normalize=False)
+        assert np.abs(got - want).max() < 1e-5
+        if prefix_text is not None:  # the plain texts run whole, the rendered conversations from the head
+            assert fast.prefix_stats["rows"] == len(TEXTS) and fast.prefix_stats["fallback_rows"] == len(TEXTS)
+    assert EMBEDDERS.get("clm_mean")(path, show_progress=False).packed is None

@@ -8,6 +8,9 @@ conversation tokenised with the tokenizer's default special tokens (BOS), trunca
 With ``prefix_text`` (the template's fixed head, e.g. vicuna_v1.1's system prompt and ``"USER: "``), the
 head runs once and every conversation whose tokens start with its tokens runs only its own tokens from the
 head's keys/values (:class:`deita.models.forward.SharedPrefix`); the others run whole and are counted.
+
+``clm_last`` on a Llama/Mistral model runs both kinds through the packed decoder
+(:class:`deita.models.packed.PackedDecoder`: real tokens only, the last layer at the last token only).
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ from __future__ import annotations
 from deita.models.batching import model_inputs, pad_batch
 from deita.models.forward import SharedPrefix, final_hidden_states, prefix_batches, use_suffix_attention
 from deita.models.loading import load_causal_lm, pad_id_of
+from deita.models.packed import packed_decoder
 
 
 class ClmEmbedder:
-    """Embeds texts with a causal LM. ``pooling``: 'last' (reference) or 'mean' (over real tokens)."""
+    """Embeds texts with a causal LM. ``pooling``: 'last' (reference) or 'mean' (over real tokens);
+    ``packed``: with 'last', run Llama/Mistral models through the packed decoder (``padding_side`` then
+    does not matter: no row is padded outside the attention)."""
 
     def __init__(self, path: str, *, pooling: str = "last", max_length: int = 2048, batch_size: int = 8,
                  dtype: str = "float32", device: str = "auto", padding_side: str = "right",
-                 trust_remote_code: bool = False, show_progress: bool = True, prefix_text: str | None = None):
+                 trust_remote_code: bool = False, show_progress: bool = True, prefix_text: str | None = None,
+                 packed: bool = True):
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
         self.path, self.pooling, self.padding_side = str(path), pooling, padding_side
@@ -30,6 +37,7 @@ class ClmEmbedder:
         self.tokenizer, self.model = load_causal_lm(self.path, dtype, device, trust_remote_code)
         self.device = next(self.model.parameters()).device
         self.pad_id = pad_id_of(self.tokenizer)
+        self.packed = packed_decoder(self.model, self.max_length) if packed and pooling == "last" else None
         self.prefix = None
         if prefix_text:
             ids = list(self.tokenizer(prefix_text)["input_ids"])[:-1]  # the boundary token may merge
@@ -58,10 +66,16 @@ class ClmEmbedder:
         hidden_size = self.model.config.hidden_size
         out = np.zeros((len(seqs), hidden_size), dtype=np.float32)
         own, work = prefix_batches(self.prefix, seqs, self.batch_size * self.max_length, self.batch_size,
-                                   self.prefix_stats)
+                                   self.prefix_stats, padded=self.packed is None)
         bar = tqdm(work, desc=f"embed ({self.pooling})", disable=not self.show_progress or len(work) < 2)
         with torch.inference_mode():
             for how, batch in bar:
+                if self.packed is not None:
+                    split = how == "split"
+                    vec = self.packed.last_hidden([(own if split else seqs)[i] for i in batch],
+                                                  self.prefix if split else None)
+                    out[batch] = vec.float().cpu().numpy()
+                    continue
                 if how == "whole":
                     side = self.padding_side
                     ids, mask, pos, last = pad_batch([seqs[i] for i in batch], self.pad_id, side)
