@@ -62,7 +62,9 @@ def _record_root_cause(message: str) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         try:
-            Path(path).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+            # the layout torch's @record writes; the report shows "py_callstack" as the rank's traceback
+            extra = {"py_callstack": message, "timestamp": str(int(time.time()))}
+            Path(path).write_text(json.dumps({"message": {"message": message, "extraInfo": extra}}))
         except OSError:
             pass
 
