@@ -3,7 +3,8 @@
 Importing TRL takes 5-10 s (it imports torch and transformers), too slow for a check that must fail a typo
 in under two seconds. So the field names of each TRL config class a stage uses (``Stage.trainer_args``),
 the kinds of value each field takes (read from its type annotation and default: ``int``, ``float``, ``bool``,
-``str``, ``dict``, ``list[str]``, ``null``, ``any``) and the allowed values of its enumerated string options
+``str``, ``dict``, ``list[str]``, ``null``, ``any``; plus what the class's own methods convert, found by their
+``isinstance(self.<field>, ...)`` tests: DPOConfig's ``loss_type: list[str]`` takes one string too) and the allowed values of its enumerated string options
 (scheduler, optimizer, strategies, ``report_to``, ...) are kept in ``trl_args.json``, written from the installed TRL by ``python -m deita.trl_args --write`` and
 checked against it by ``tests/test_strict_config.py``. When the installed TRL or transformers version is not the
 one the table was written from, the check reads the classes themselves (slow, still right).
@@ -76,6 +77,39 @@ def _field_kinds(field, hints: dict) -> list[str]:
     return sorted(kinds)
 
 
+PLAIN_KINDS = {"bool": "bool", "int": "int", "float": "float", "str": "str", "dict": "dict", "list": "list[any]",
+               "tuple": "list[any]"}
+"""Builtin type names an ``isinstance`` test in a ``__post_init__`` may name, as kinds of config value."""
+
+
+def _tested_kinds(cls: type) -> dict[str, set[str]]:
+    """Kinds the methods of ``cls`` and its bases test a field for (``__post_init__``'s ``isinstance(self.loss_type,
+    str)`` before it turns the string into a list): values the class handles beyond its annotation."""
+    import ast
+    import inspect
+    import textwrap
+
+    found: dict[str, set[str]] = {}
+    trees = []
+    for klass in cls.__mro__:
+        for method in klass.__dict__.values():
+            if inspect.isfunction(method):
+                try:
+                    trees.append(ast.parse(textwrap.dedent(inspect.getsource(method))))
+                except (OSError, TypeError, SyntaxError):
+                    continue
+    for tree in trees:
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"
+                    and len(node.args) == 2 and isinstance(node.args[0], ast.Attribute)
+                    and isinstance(node.args[0].value, ast.Name) and node.args[0].value.id == "self"):
+                continue
+            types = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            names = {PLAIN_KINDS[t.id] for t in types if isinstance(t, ast.Name) and t.id in PLAIN_KINDS}
+            found.setdefault(node.args[0].attr, set()).update(names)
+    return found
+
+
 def describe_class(dotted: str) -> dict[str, Any]:
     """``{"fields": [...], "kinds": {field: [...]}, "choices": {field: [...]}}`` of the config class at
     ``dotted`` (imports it)."""
@@ -91,7 +125,14 @@ def describe_class(dotted: str) -> dict[str, Any]:
     fields = dataclasses.fields(cls)
     hints = typing.get_type_hints(cls)
     choices = {f.name: c for f in fields if (c := _choices_of(f)) is not None}
-    kinds = {f.name: _field_kinds(f, hints) for f in fields}
+    tested = _tested_kinds(cls)
+    kinds = {}
+    for f in fields:
+        annotated = set(_field_kinds(f, hints))
+        extra = tested.get(f.name, set())
+        if any(k.startswith("list[") for k in annotated):  # the annotation says what the list holds
+            extra = extra - {"list[any]"}
+        kinds[f.name] = sorted(annotated | extra)
     return {"fields": sorted(f.name for f in fields), "kinds": kinds, "choices": choices}
 
 

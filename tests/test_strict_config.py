@@ -113,6 +113,8 @@ def test_bad_values_fail_validation_naming_the_key(overrides, message):
     ["+orpo.args.save_strategy=no"],
     ["sft.args.logging_steps=0.1", "++sft.args.max_steps=3", "++dpo.args.max_length=null", "++sft.args.seed=7",
      "++sft.args.model_init_kwargs={dtype: float32}", "++dpo.args.bf16=false", "++sft.args.learning_rate=1"],
+    # annotated list[str] / str, but TRL and transformers also take one string / a list (their isinstance tests)
+    ["++dpo.args.loss_type=ipo", "++sft.args.fsdp=[full_shard,auto_wrap]"],
 ])
 def test_valid_edge_values_pass(overrides):
     validate_config(compose_config(["recipe=tiny", *overrides]))
@@ -136,9 +138,25 @@ def test_every_recipe_and_method_validates():
     assert checked >= len(RECIPES)
 
 
+class _Converts:
+    """A config class whose methods take more than its annotations say (as DPOConfig's ``loss_type``)."""
+
+    names: list[str]
+    mode: str | None
+
+    def __post_init__(self):
+        if isinstance(self.names, str):
+            self.names = [self.names]
+
+    def setup(self):
+        if isinstance(self.mode, (str, list)) and not isinstance(self.other, SomeClass):  # noqa: F821
+            pass
+
+
 def test_trl_value_kinds_come_from_the_annotations():
-    """The kinds a field takes are read from its annotation and default, and every TRL default fits its own
-    field's kinds (no false alarm on a value TRL itself would use)."""
+    """The kinds a field takes are read from its annotation and default, plus the builtin types the class's
+    methods test it for; every TRL default fits its own field's kinds (no false alarm on a value TRL itself
+    would use)."""
     import dataclasses
     import importlib
     import typing
@@ -154,6 +172,10 @@ def test_trl_value_kinds_come_from_the_annotations():
     assert _kinds_of(Mode | str) == {"str"} and _kinds_of(typing.Literal[False]) == {"bool"}
     assert _kinds_of(list[str] | None) == {"list[str]", "null"} and _kinds_of(object) == {"any"}
     assert fits(3, "float") and not fits(True, "int") and not fits(1.5, "int") and fits(["a"], "list[str]")
+    from deita.trl_args import _tested_kinds
+
+    assert _tested_kinds(_Converts) == {"names": {"str"}, "mode": {"str", "list[any]"}, "other": set()}
+    assert "str" in class_schema("trl.DPOConfig")["kinds"]["loss_type"]  # DPOConfig turns one string into a list
     checked = 0
     for dotted in stage_classes():
         module, name = dotted.rsplit(".", 1)
