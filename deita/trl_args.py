@@ -4,9 +4,10 @@ Importing TRL takes 5-10 s (it imports torch and transformers), too slow for a c
 in under two seconds. So the field names of each TRL config class a stage uses (``Stage.trainer_args``),
 the kinds of value each field takes (read from its type annotation and default: ``int``, ``float``, ``bool``,
 ``str``, ``dict``, ``list[str]``, ``null``, ``any``; plus what the class's own methods convert, found by their
-``isinstance(self.<field>, ...)`` tests: DPOConfig's ``loss_type: list[str]`` takes one string too) and the allowed values of its enumerated string options
-(scheduler, optimizer, strategies, ``report_to``, ...) are kept in ``trl_args.json``, written from the installed TRL by ``python -m deita.trl_args --write`` and
-checked against it by ``tests/test_strict_config.py``. When the installed TRL or transformers version is not the
+``isinstance(self.<field>, ...)`` tests: DPOConfig's ``loss_type: list[str]`` takes one string too) and the
+allowed values of its enumerated string options (scheduler, optimizer, strategies, ``report_to``, ...) are
+kept in ``trl_args.json``, written from the installed TRL by ``python -m deita.trl_args --write`` and checked
+against it by ``tests/test_strict_config.py``. When the installed TRL or transformers version is not the
 one the table was written from, the check reads the classes themselves (slow, still right).
 """
 
