@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _markdown import emit  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "instruct" / "llamafactory_alpaca_en_demo.json"
 PATHS = ("ours", "prefix", "whole", "reference")
@@ -227,10 +230,7 @@ def main() -> None:
         "run whole: prompts whose tokens differ from the head's at the boundary (they run without the prefix).",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(text, args.out) if args.out else print(text)
 
 
 if __name__ == "__main__":

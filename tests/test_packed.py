@@ -86,6 +86,14 @@ def test_models_outside_the_path_are_named_and_left_to_the_hf_forward():
     assert "sliding window 64" in unsupported_reason(sharp_model("mistral", sliding_window=64), 512)
     assert packed_decoder(sharp_model("mistral", sliding_window=64), 512) is None
 
+    class Adapted(torch.nn.Linear):  # stands in for a LoRA or quantised layer: more than weight @ x
+        pass
+
+    model = sharp_model("llama")
+    old = model.model.layers[2].mlp.up_proj
+    model.model.layers[2].mlp.up_proj = Adapted(old.in_features, old.out_features, bias=False)
+    assert "Adapted, not plain torch.nn.Linear" in unsupported_reason(model, 512)
+
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
 @pytest.mark.parametrize("prefix_cache", [True, False])

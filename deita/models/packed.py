@@ -14,7 +14,8 @@ The same arithmetic as the Hugging Face Llama/Mistral forward, arranged for a CP
 - **A shared prefix** (:class:`deita.models.forward.SharedPrefix`): its keys/values lead every row's keys.
 
 :func:`packed_decoder` says whether a model can take this path (the Llama and Mistral layers of
-transformers, bias-free, SiLU, a static RoPE, no sliding window shorter than the sequences); the callers
+transformers, plain bias-free linear projections, SiLU, a static RoPE, no sliding window shorter than the
+sequences); the callers
 run other models through the Hugging Face forward.
 """
 
@@ -34,6 +35,8 @@ STATIC_ROPE = ("default", "linear", "llama3")
 
 def unsupported_reason(model, max_length: int) -> str | None:
     """Why :class:`PackedDecoder` cannot run ``model`` for sequences up to ``max_length`` tokens (None: it can)."""
+    import torch
+
     from deita.models.forward import base_model
 
     cfg = model.config
@@ -54,6 +57,9 @@ def unsupported_reason(model, max_length: int) -> str | None:
                for n in ("input_layernorm", "post_attention_layernorm")):
             return "layer norms are not Llama/Mistral RMSNorms"
         linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        odd = [type(lin).__name__ for lin in linears if type(lin) is not torch.nn.Linear]
+        if odd:  # adapters (LoRA), quantised layers: their forward is more than weight @ x
+            return f"projections are {odd[0]}, not plain torch.nn.Linear"
         if any(lin.bias is not None for lin in linears):
             return "projections have biases"
     if getattr(cfg, "hidden_act", None) != "silu":

@@ -40,8 +40,9 @@ class DeitaScorerOptions:
     max_length: int = 2048
     """Prompt tokens kept per turn; longer turns lose the middle of their text (the template survives)."""
     max_tokens_per_batch: int = 16384
-    """Padded tokens per forward pass (rows are batched longest-first); does not change the scores. On a
-    CPU it is capped at 512, which measured fastest there (deita/models/batching.py)."""
+    """Tokens per forward pass (rows are batched longest-first): real tokens for Llama/Mistral scorers
+    (the packed decoder computes no padding), padded tokens for other models; does not change the scores.
+    On a CPU it is capped at 512, which measured fastest there (deita/models/batching.py)."""
     dtype: str = "float32"
     """Scorer weights dtype: float32 (reference), bfloat16 or float16."""
     device: str = "auto"
