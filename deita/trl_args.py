@@ -195,10 +195,12 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def check_args(args: dict, dotted: str, key: str) -> None:
+def check_args(args: dict, dotted: str, key: str, own: list[str] | tuple = ()) -> None:
     """Raise :class:`deita.validate.ConfigError` naming ``<key>.<name>`` for an argument ``dotted`` does not
-    have (with the closest one), a value of a kind its field does not take (``expected an integer, found
-    'abc'``) or a value outside an enumerated option's allowed values."""
+    have (with the closest one), one the stage sets itself from its own key of that name (``own``: the
+    stage node's fields, e.g. ``dpo.beta``; given twice, TRL's config class would get it twice), a value
+    of a kind its field does not take (``expected an integer, found 'abc'``) or a value outside an
+    enumerated option's allowed values."""
     from deita.validate import ConfigError
 
     schema = class_schema(dotted)
@@ -208,6 +210,10 @@ def check_args(args: dict, dotted: str, key: str) -> None:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"; did you mean '{key}.{close[0]}'?" if close else ""
             raise ConfigError(f"config key '{key}.{name}': {dotted.rsplit('.', 1)[1]} has no argument {name!r}{hint}")
+        if name in own:
+            stage_key = f"{key.rsplit('.', 1)[0]}.{name}"
+            raise ConfigError(f"config key '{key}.{name}': deita sets this {dotted.rsplit('.', 1)[1]} argument from "
+                              f"'{stage_key}'; set that instead")
         kinds = schema.get("kinds", {}).get(name)
         if kinds and not any(fits(value, kind) for kind in kinds):
             raise ConfigError(f"config key '{key}.{name}': expected {_expected(kinds)}, found {_shown(value)}")

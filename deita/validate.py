@@ -66,8 +66,11 @@ def validate_config(cfg: DictConfig) -> None:
         if stage.trainer_args:  # names first: a typo is reported as a typo, not as a bad value
             from deita.trl_args import check_args
 
+            import dataclasses
+
+            own = [f.name for f in dataclasses.fields(stage.config)] if dataclasses.is_dataclass(stage.config) else []
             check_args(OmegaConf.to_container(cfg[stage.name].args, resolve=True) or {}, stage.trainer_args,
-                       f"{stage.name}.args")
+                       f"{stage.name}.args", own=own)
         if _is_training_node(stage.config):
             _check_training_node(cfg[stage.name], stage.name)
         if stage.check is not None:

@@ -90,7 +90,7 @@ def test_strict_config_cases_exit_2_through_train_py(tmp_path):
     (["eval.limit=0"], "config key 'eval.limit': must be in [1, inf) or null"),
     (["sft.chat_template=chatmlx"], "config key 'sft.chat_template': must be one of ['alpaca', 'chatml', 'tokenizer', 'vicuna_v1.1', 'zephyr'], got 'chatmlx'"),
     (["selection.chunk_rows=0"], "config key 'selection.chunk_rows': must be in [1, inf)"),
-    (["++sft.args.max_length=abc"], "config key 'sft.args.max_length': expected an integer or null, found 'abc'"),
+    (["++sft.args.data_seed=abc"], "config key 'sft.args.data_seed': expected an integer or null, found 'abc'"),
     (["++dpo.args.bf16=1"], "config key 'dpo.args.bf16': expected true, false or null, found 1"),
     (["++orpo.args.seed=true"], "config key 'orpo.args.seed': expected an integer, found true"),
     (["sft.args.logging_steps=null"], "config key 'sft.args.logging_steps': expected a number, found null"),
@@ -98,6 +98,15 @@ def test_strict_config_cases_exit_2_through_train_py(tmp_path):
     (["++sft.args.model_init_kwargs=5"], "config key 'sft.args.model_init_kwargs': expected a mapping, a string or null, "
                                         "found 5"),
     (["++sft.args.lr_scheduler_type=5"], "config key 'sft.args.lr_scheduler_type': expected a string, found 5"),
+    # a TRL argument the stage sets from its own key (it would reach TRL's config class twice, a TypeError)
+    (["++dpo.args.beta=0.2"], "config key 'dpo.args.beta': deita sets this DPOConfig argument from 'dpo.beta'; "
+                              "set that instead"),
+    (["++dpo.args.loss_type=ipo"], "config key 'dpo.args.loss_type': deita sets this DPOConfig argument from "
+                                   "'dpo.loss_type'; set that instead"),
+    (["++sft.args.packing=true"], "config key 'sft.args.packing': deita sets this SFTConfig argument from "
+                                  "'sft.packing'; set that instead"),
+    (["++orpo.args.max_length=64"], "config key 'orpo.args.max_length': deita sets this ORPOConfig argument from "
+                                    "'orpo.max_length'; set that instead"),
 ])
 def test_bad_values_fail_validation_naming_the_key(overrides, message):
     cfg = compose_config(["recipe=tiny", *overrides])
@@ -111,10 +120,10 @@ def test_bad_values_fail_validation_naming_the_key(overrides, message):
     ["selection=deita", "selection.tau=1"],
     ["selection=nuggets", "selection.threshold=null", "selection.top_fraction=1"],
     ["+orpo.args.save_strategy=no"],
-    ["sft.args.logging_steps=0.1", "++sft.args.max_steps=3", "++dpo.args.max_length=null", "++sft.args.seed=7",
+    ["sft.args.logging_steps=0.1", "++sft.args.max_steps=3", "++dpo.args.eval_steps=null", "++sft.args.seed=7",
      "++sft.args.model_init_kwargs={dtype: float32}", "++dpo.args.bf16=false", "++sft.args.learning_rate=1"],
-    # annotated list[str] / str, but TRL and transformers also take one string / a list (their isinstance tests)
-    ["++dpo.args.loss_type=ipo", "++sft.args.fsdp=[full_shard,auto_wrap]"],
+    # annotated str, but transformers also takes a list (its isinstance test)
+    ["++sft.args.fsdp=[full_shard,auto_wrap]"],
 ])
 def test_valid_edge_values_pass(overrides):
     validate_config(compose_config(["recipe=tiny", *overrides]))
