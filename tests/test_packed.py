@@ -41,14 +41,19 @@ SEQS = [[5, 9, 2, 7, 7, 30, 41, 3, 8, 1, 60, 2, 4], [11], [3, 4, 5, 6, 7, 8], [9
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
-def test_packed_last_hidden_equals_each_sequence_alone(arch):
+@pytest.mark.parametrize("onednn", [False, True])
+def test_packed_last_hidden_equals_each_sequence_alone(arch, onednn):
     """Rows of different lengths (one of a single token) packed in one batch, with and without a shared
-    prefix: each row's final hidden state equals the HF forward of that row alone."""
+    prefix, through MKL's or oneDNN's GEMM: each row's final hidden state equals the HF forward of that
+    row alone."""
+    from deita.models.packed import onednn_linear_works
+
     model = sharp_model(arch)
     want, head = oracle(model, SEQS), [1, 20, 21, 22, 23]
     want_head = oracle(model, SEQS, head)
-    dec = packed_decoder(model, 512)
-    assert dec is not None
+    assert packed_decoder(model, 512) is not None
+    dec = PackedDecoder(model, onednn=onednn)
+    assert dec.onednn == (onednn and onednn_linear_works())
     with torch.inference_mode():
         got = dec.last_hidden(SEQS)
         got_head = dec.last_hidden(SEQS, SharedPrefix(model, head))

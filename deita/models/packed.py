@@ -16,7 +16,9 @@ The same arithmetic as the Hugging Face Llama/Mistral forward, arranged for a CP
   CPU linears): IEEE fp32 like MKL's sgemm, another summation order. On this project's AMD EPYC
   (AVX-512) it measured ~255 GFLOP/s single-threaded against ~115 for MKL, whose sgemm runs its AVX2 code
   there (what ``F.linear`` and the Hugging Face forward call). Used only when a probe product agrees
-  with ``F.linear``; the residual adds are fused into the o_proj/down products.
+  with ``F.linear``, and by default only for hidden sizes of at least :data:`ONEDNN_MIN_HIDDEN` (oneDNN
+  builds a kernel per new shape, ~0.2-2.5 ms, which tiny models never earn back); the residual adds are
+  fused into the o_proj/down products.
 
 :func:`packed_decoder` says whether a model can take this path (the Llama and Mistral layers of
 transformers, plain bias-free linear projections, SiLU, a static RoPE, no sliding window shorter than the
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 ATTENTION_CLASSES = ("LlamaAttention", "MistralAttention")
 MLP_CLASSES = ("LlamaMLP", "MistralMLP")
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm")
+ONEDNN_MIN_HIDDEN = 256
+"""Smallest hidden size that takes oneDNN's GEMM by default: the 64-wide tiny test models ran slower with
+it (per-shape kernel creation), SmolLM2's 576 ran 1.7-1.9x faster."""
 STATIC_ROPE = ("default", "linear", "llama3")
 """RoPE types whose cos/sin depend on the position alone (dynamic types rescale with the batch length)."""
 
@@ -132,15 +137,18 @@ def _rope(x, cos, sin):
 
 class PackedDecoder:
     """The decoder of a Llama/Mistral causal LM as a packed forward (see module doc); build it with
-    :func:`packed_decoder`, which checks the model first."""
+    :func:`packed_decoder`, which checks the model first. ``onednn``: run the projections through oneDNN
+    on a CPU in fp32 (None: when the hidden size is at least :data:`ONEDNN_MIN_HIDDEN`)."""
 
-    def __init__(self, model, onednn: bool = True):
+    def __init__(self, model, onednn: bool | None = None):
         import torch
 
         from deita.models.forward import base_model
 
         base = base_model(model)
         weight = base.embed_tokens.weight
+        if onednn is None:  # by default: models wide enough to earn back oneDNN's per-shape kernel creation
+            onednn = model.config.hidden_size >= ONEDNN_MIN_HIDDEN
         self.onednn = (onednn and weight.device.type == "cpu" and weight.dtype == torch.float32
                        and onednn_linear_works())
         """Whether the projections run through oneDNN's fp32 GEMM (else ``F.linear`` / ``addmm``)."""
