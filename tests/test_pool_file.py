@@ -179,3 +179,16 @@ def test_train_py_select_outputs_are_byte_identical_with_the_arrow_and_the_pytho
     selected = [json.loads(line) for line in outputs["arrow"]["selected.jsonl"].decode().splitlines()]
     assert any(list(r) == ["id", "messages", "instruction", "input"] for r in selected)
     assert list((tmp_path / "cache_arrow" / "pools").glob("*.arrow")) and not (tmp_path / "cache_memory" / "pools").exists()
+
+
+def test_heldout_rows_from_the_arrow_pool_equal_those_from_python_rows(tmp_path):
+    from deita.evaluation.heldout import pick_heldout
+
+    sources = _sources(tmp_path)
+    rows = load_sources(sources, "sft", unique_ids=True).rows
+    lazy = open_pool(sources, "sft", tmp_path / "cache", unique_ids=True).rows
+    selected = {r["id"]: i % 3 == 0 for i, r in enumerate(rows)}
+    for cap in (5, 100):
+        assert pick_heldout(lazy, selected, cap=cap) == pick_heldout(rows, selected, cap=cap)
+    with pytest.raises(ValueError, match="1 pool row id"):
+        pick_heldout(lazy, {k: v for k, v in list(selected.items())[1:]}, cap=5)

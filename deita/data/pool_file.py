@@ -321,6 +321,18 @@ def map_pool(path: Path, meta: dict) -> ArrowPool:
     return ArrowPool(path, PoolRows(table, mapped), meta["fingerprint"], meta["sources"])
 
 
+def load_pool(sources: Iterable[Any], store: str, cache_dir: str | os.PathLike, *, is_main: bool = True):
+    """The selection pool (``sft`` rows, ids unique across sources) as ``data.pool_store`` says: ``arrow``, an
+    :class:`ArrowPool` (:func:`open_pool`; call it on every process); ``memory``, a
+    :class:`deita.data.sources.LoadedSources` (Python rows). Both give ``rows``, ``ids``, ``fingerprint``,
+    ``response_lengths``, ``source_counts``, ``rows_per_source`` and ``skipped``."""
+    from deita.data.sources import load_sources
+
+    if store == "memory":
+        return load_sources(sources, "sft", unique_ids=True)
+    return open_pool(sources, "sft", cache_dir, unique_ids=True, is_main=is_main)
+
+
 def open_pool(sources: Iterable[Any], kind: str, cache_dir: str | os.PathLike, *, on_error: Optional[str] = None,
               unique_ids: bool = False, is_main: bool = True) -> ArrowPool:
     """The pool of ``sources`` through its Arrow file under ``<cache_dir>/pools``, converted first when it is

@@ -28,13 +28,16 @@ def pick_heldout(pool_rows: list[dict], selected: dict[str, bool], cap: int, see
 
     Every pool id must appear in ``selected`` (id → selected flag from the select stage's table).
     """
-    missing = [r["id"] for r in pool_rows if r["id"] not in selected]
+    from deita.data.pool_file import row_ids
+
+    ids = row_ids(pool_rows)  # a lazy pool's ids come from their column, no row is built
+    missing = [i for i in ids if i not in selected]
     if missing:
         raise ValueError(
             f"{len(missing)} pool row id(s) are not in select/scores.parquet (first: {missing[0]!r}); "
             "the pool changed since the select stage ran: re-run it"
         )
-    held = [i for i, r in enumerate(pool_rows) if not selected[r["id"]]]
+    held = [k for k, i in enumerate(ids) if not selected[i]]
     if len(held) > cap:
         held = sorted(random.Random(seed).sample(held, cap))
     return [pool_rows[i] for i in held]

@@ -94,7 +94,13 @@ def load_heldout_rows(cfg: DictConfig, select_dir: Path | None, cap: int) -> tup
         return [], "data.pool is empty"
     table = pd.read_parquet(table_path, columns=["id", "selected"])
     selected = dict(zip(table["id"].astype(str), table["selected"].astype(bool)))
-    rows = pick_heldout(load_sources(pool_sources, "sft", unique_ids=True).rows, selected, cap)
+    from deita.data.pool_file import load_pool
+    from deita.distributed import env_dist
+
+    cache_dir = OmegaConf.select(cfg, "paths.cache_dir", default=None)  # absent only in hand-built configs
+    store = OmegaConf.select(cfg, "data.pool_store", default="arrow") if cache_dir else "memory"
+    pool = load_pool(pool_sources, store, cache_dir, is_main=env_dist().is_main)
+    rows = pick_heldout(pool.rows, selected, cap)
     return rows, (None if rows else "every pool row was selected")
 
 

@@ -123,29 +123,16 @@ def cache_report(stats: dict) -> dict:
             "resumed_chunks": sum(c["resumed"] for c in chunks.values())}
 
 
-def load_pool(cfg: DictConfig, is_main: bool):
-    """The pool of ``data.pool`` as ``data.pool_store`` says: an :class:`deita.data.pool_file.ArrowPool`
-    (rows lazily from a memory-mapped file) or a :class:`deita.data.sources.LoadedSources` (Python rows).
-    Both give ``rows``, ``ids``, ``fingerprint``, ``response_lengths``, ``source_counts``, ``rows_per_source``
-    and ``skipped``."""
-    if cfg.data.pool_store == "memory":
-        from deita.data.sources import load_sources
-
-        return load_sources(cfg.data.pool, "sft", unique_ids=True)
-    from deita.data.pool_file import open_pool
-
-    return open_pool(cfg.data.pool, "sft", cfg.paths.cache_dir, unique_ids=True, is_main=is_main)
-
-
 def run_select_stage(cfg: DictConfig, ctx) -> dict:
     """Run the configured selection method over the pool and write the stage's artifacts."""
     from deita.cache import ContentCache
     from deita.data.loading import write_jsonl
+    from deita.data.pool_file import load_pool
     from deita.distributed import barrier
     from deita.models.resolve import resolve_model
     from deita.selection.report import write_report
 
-    pool = load_pool(cfg, ctx.dist.is_main)
+    pool = load_pool(cfg.data.pool, cfg.data.pool_store, cfg.paths.cache_dir, is_main=ctx.dist.is_main)
     rows = pool.rows
     counts = {"pool_rows": len(rows), "rows_per_source": pool.rows_per_source, "skipped_records": pool.skipped}
     sel_cfg = cfg.selection
