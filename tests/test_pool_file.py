@@ -192,3 +192,24 @@ def test_heldout_rows_from_the_arrow_pool_equal_those_from_python_rows(tmp_path)
         assert pick_heldout(lazy, selected, cap=cap) == pick_heldout(rows, selected, cap=cap)
     with pytest.raises(ValueError, match="1 pool row id"):
         pick_heldout(lazy, {k: v for k, v in list(selected.items())[1:]}, cap=5)
+
+
+def test_caches_written_with_python_rows_are_hits_for_the_arrow_pool(tmp_path, shared_data):
+    """Scores and embeddings cached by a run that held the pool as Python rows are reused, all of them, by a
+    run with the Arrow pool (same data fingerprint), and the selection is byte-identical."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"output": f"antwort {i} é", "instruction": f"frage {i}", "input": str(i % 3)},
+                                       ensure_ascii=False) + "\n" for i in range(24)))
+    outputs, caches = {}, {}
+    for store in ("memory", "arrow"):
+        runs = tmp_path / f"runs_{store}"
+        proc = run_train(["recipe=tiny", "logger=none", "stages=[select]", "selection=deita", "selection.budget=6",
+                          f"data.pool=[{{path: {pool}}}]", f"data.pool_store={store}", f"paths.runs_dir={runs}",
+                          f"paths.cache_dir={tmp_path / 'cache'}", f"paths.shared_data={shared_data}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [select_dir] = [p for p in runs.rglob("select") if (p / "selected.jsonl").is_file()]
+        outputs[store] = [(select_dir / name).read_bytes() for name in ("scores.parquet", "selected.jsonl")]
+        caches[store] = json.loads((select_dir / "manifest.json").read_text())["cache"]
+    assert len(caches["memory"]["misses"]) >= 3 and caches["memory"]["hits"] == []  # complexity, quality, embeddings
+    assert caches["arrow"]["misses"] == [] and sorted(caches["arrow"]["hits"]) == sorted(caches["memory"]["misses"])
+    assert outputs["arrow"] == outputs["memory"]
