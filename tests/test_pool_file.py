@@ -213,3 +213,17 @@ def test_caches_written_with_python_rows_are_hits_for_the_arrow_pool(tmp_path, s
     assert len(caches["memory"]["misses"]) >= 3 and caches["memory"]["hits"] == []  # complexity, quality, embeddings
     assert caches["arrow"]["misses"] == [] and sorted(caches["arrow"]["hits"]) == sorted(caches["memory"]["misses"])
     assert outputs["arrow"] == outputs["memory"]
+
+
+def test_a_source_replaced_with_the_same_size_and_mtime_converts_anew(tmp_path):
+    src = tmp_path / "pool.jsonl"
+    src.write_text(json.dumps({"id": "a", "instruction": "q", "output": "one"}) + "\n")
+    stamp, size = src.stat().st_mtime_ns, src.stat().st_size
+    first = open_pool([str(src)], "sft", tmp_path / "cache")
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"id": "a", "instruction": "q", "output": "two"}) + "\n")  # same size
+    os.utime(new, ns=(stamp, stamp))
+    os.replace(new, src)  # what an editor's save or a copy-then-rename does: a new inode
+    again = open_pool([str(src)], "sft", tmp_path / "cache")
+    assert (src.stat().st_mtime_ns, src.stat().st_size) == (stamp, size)
+    assert again.path != first.path and again.rows[0]["messages"][-1]["content"] == "two"

@@ -24,7 +24,7 @@ plain pyarrow keeps the file, its atomic write, its key and the map's access adv
 ``datasets`` cache files or fingerprints beside it.)
 
 The key hashes what determines the rows: each source's options (:func:`deita.data.sources.source_options`)
-and files (resolved path, size, mtime in ns, of every file under a folder; a hub dataset by the revision
+and files (resolved path, size, mtime in ns and inode of every file under a folder; a hub dataset by the revision
 the local cache resolves), the kind, the error policy, the id rule and the bytes of the modules that
 turn records into rows. A hub source whose revision cannot be resolved is converted anew on every run.
 Only the main process converts; the others wait for its verdict (the path, or the same DataError) and
@@ -235,15 +235,16 @@ def _schema():
 
 
 def _files_identity(path: str, revision: Optional[str]) -> Any:
-    """What identifies a source's bytes cheaply: (resolved path, size, mtime_ns) of each file (every file
-    under a folder); a hub dataset's resolved revision; None when unknown (missing, unreadable, unresolved)."""
+    """What identifies a source's bytes cheaply: (resolved path, size, mtime_ns, inode) of each file (every file
+    under a folder; as :func:`deita.fingerprint.hash_file_remembered` identifies a large file); a hub dataset's resolved revision; None when unknown (missing, unreadable, unresolved)."""
     if not looks_local(path):
         rev = hub_revision(path, "dataset", revision)
         return {"hub": path, "revision": rev} if rev else None
     p = Path(os.path.expanduser(path))
     try:
         files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-        return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files] or None
+        stats = [(f, f.stat()) for f in files]
+        return [[str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino] for f, st in stats] or None
     except OSError:
         return None
 
