@@ -12,6 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread in the test process and the processes it starts (set before anything imports torch): tiny
+# models gain nothing from a second thread, and on the shared 2-core machine two threads per process spin
+# against the other jobs (tests/test_nuggets_early.py at load 4: 26-36 s at one thread, 231-261 s at two).
+# train.py runs at one thread by default too (torch_threads). A value set in the environment is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEITA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -39,3 +44,21 @@ def tiny_mistral(tmp_path_factory) -> Path:
     from deita.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-mistral", "mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shared_data):
+    """One quiet ``train.py recipe=tiny`` run of every stage (select, sft, dpo, eval; W&B offline) in a
+    subprocess, shared by the tests that read its artifacts (tests/test_end_to_end.py) and its terminal
+    output (tests/test_console.py): ``(args, result, run_dir)``. A test may run ``args`` again but must not
+    change the run dir."""
+    from tests.helpers import run_train, shared_paths
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    args = ["recipe=tiny", *shared_paths(tmp, shared_data), "selection.budget=32", "sft.max_length=128",
+            "dpo.max_length=128", "stages=[select,sft,dpo,eval]",
+            f"data.preference=[{{path: {shared_data}/preference/llamafactory_dpo_en_demo.json, limit: 8}}]"]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (run_dir,) = (tmp / "runs" / "tiny").iterdir()
+    return args, result, run_dir

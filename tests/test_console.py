@@ -13,11 +13,8 @@ NOISE = ("Warning", "Setting accelerator to CPU", "Writing model shards", "Loadi
          "Running in WANDB offline mode", "'train_runtime'")
 
 
-def test_quiet_tiny_run_has_no_warnings_and_ends_with_the_summary(tmp_path, shared_data):
-    result = run_train(["recipe=tiny", *shared_paths(tmp_path, shared_data), "selection.budget=32",
-                        "sft.max_length=128", "dpo.max_length=128", "stages=[select,sft,dpo,eval]",
-                        f"data.preference=[{{path: {shared_data}/preference/llamafactory_dpo_en_demo.json, limit: 8}}]"])
-    assert result.returncode == 0, result.stderr[-4000:]
+def test_quiet_tiny_run_has_no_warnings_and_ends_with_the_summary(tiny_run):
+    _, result, _ = tiny_run  # recipe=tiny, every stage, quiet (conftest.py)
     output = result.stdout + result.stderr
     for noise in NOISE:
         assert not [line for line in output.splitlines() if noise in line], noise

@@ -23,11 +23,8 @@ def _small_preference(shared_data: Path) -> str:
     return f"data.preference=[{{path: {shared_data}/preference/llamafactory_dpo_en_demo.json, limit: 16}}]"
 
 
-def test_tiny_recipe_end_to_end_then_skips(tmp_path, shared_data):
-    args = ["recipe=tiny", *shared_paths(tmp_path, shared_data), *SMALL, _small_preference(shared_data)]
-    result = run_train(args)
-    assert result.returncode == 0, result.stderr[-4000:]
-    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+def test_tiny_recipe_end_to_end_then_skips(tiny_run):
+    args, _, run_dir = tiny_run  # recipe=tiny, select + sft + dpo + eval, budget 32 (conftest.py)
 
     select = run_dir / "select"
     table = pd.read_parquet(select / "scores.parquet")
@@ -54,7 +51,7 @@ def test_tiny_recipe_end_to_end_then_skips(tmp_path, shared_data):
     again = run_train(args)
     assert again.returncode == 0, again.stderr[-4000:]
     log = again.stdout + again.stderr
-    assert all(f"stage {s}: unchanged" in log for s in ("select", "sft", "dpo"))
+    assert all(f"stage {s}: unchanged" in log for s in ("select", "sft", "dpo", "eval"))
 
 
 def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data):
