@@ -72,10 +72,14 @@ def test_a_relaunched_multi_process_run_holds_the_lock_once_and_its_ranks_do_not
     finally:
         holder.kill()
         holder.wait()
-    ok = run_train(_args(tmp_path, shared_data, *extra), timeout=300)
+    # No ACCELERATE_USE_CPU here: the CLI must set it for the CPU re-launch. An empty HF_HOME: a default
+    # accelerate config on this machine would choose another process layout (tests/test_relaunch.py).
+    ok = run_train(_args(tmp_path, shared_data, *extra), env={"HF_HOME": str(tmp_path / "hf_home")}, timeout=300)
     assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "re-launching with 2 processes" in ok.stdout + ok.stderr
     manifest = json.loads((run_dir / "select" / "manifest.json").read_text())
-    assert manifest["world_size"] == 2 and not (run_dir / ".lock").exists()
+    assert manifest["world_size"] == 2 and manifest["selected_rows"] == 4 and not (run_dir / ".lock").exists()
+    assert manifest["config"]["launch"]["num_processes"] == 2
 
 
 def test_a_bad_command_line_value_leaves_no_run_dir(tmp_path, shared_data):
