@@ -22,8 +22,7 @@ The same arithmetic as the Hugging Face Llama/Mistral forward, arranged for a CP
 
 :func:`packed_decoder` says whether a model can take this path (the Llama and Mistral layers of
 transformers, plain bias-free linear projections, SiLU, a static RoPE, no sliding window shorter than the
-sequences); the callers
-run other models through the Hugging Face forward.
+sequences); the callers run other models through the Hugging Face forward.
 """
 
 from __future__ import annotations
