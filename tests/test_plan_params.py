@@ -33,3 +33,35 @@ def test_unknown_size_is_shown_as_question_mark_not_nan(tmp_path):
             {"stage": "sft", "rows": 10, "tokens": 100.0, "gpu_hours": 1.0, "notes": "n", "optimizer_steps": 1}]
     text = format_plan(Cfg, plan)
     assert "nan" not in text and "?" in text and "total ≈ 1.00 GPU-hours" in text
+
+
+def test_plan_counts_a_pool_by_streaming_it_with_the_loaders_counts(tmp_path):
+    """Plan mode's row and token counts equal those of the loaded rows (bad records skipped, limits kept),
+    while it never holds the pool: its peak Python allocation stays a small fraction of the rows' size."""
+    import json
+    import tracemalloc
+
+    from omegaconf import OmegaConf
+
+    from deita.data.sources import load_sources
+    from deita.plan import _text_chars, source_stats
+
+    pool = tmp_path / "pool.jsonl"
+    with pool.open("w") as f:
+        for i in range(20000):
+            f.write(json.dumps({"instruction": f"question {i} " + "x" * 200, "output": "y" * 300}) + "\n")
+        f.write("{bad json\n")
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "a"}) + "\n" for i in range(50)))
+    sources = [OmegaConf.create({"path": str(pool)}), OmegaConf.create({"path": str(second), "limit": 30})]
+    tracemalloc.start()
+    stats = source_stats(sources, "sft", 4.0)
+    _, streamed_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    tracemalloc.start()
+    rows = load_sources(sources, "sft", on_error="skip").rows
+    _, rows_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert stats.rows == len(rows) == 20030
+    assert stats.tokens == sum(_text_chars(r) for r in rows) / 4.0
+    assert streamed_peak < rows_peak / 4, (streamed_peak, rows_peak)
