@@ -394,6 +394,22 @@ def test_invalid_utf8_line_is_a_skippable_record(tmp_path):
     assert "byte offset" in str(result.first_error)
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_lone_surrogate_escape_is_a_record_error_naming_the_field(tmp_path, suffix):
+    """JSON's "\\ud800" parses to a string no tokenizer or UTF-8 writer accepts: a record error naming the
+    field (was an encode error at the first write, naming no record), skippable under on_error: skip."""
+    bad = '{"instruction": "ok", "input": "x\\ud800y", "output": "a"}'
+    good = '{"instruction": "q", "output": "a"}'
+    path = tmp_path / f"pool{suffix}"
+    path.write_text(f"{good}\n{bad}\n" if suffix == ".jsonl" else f"[{good}, {bad}]")
+    with pytest.raises(DataError) as err:
+        load_rows(str(path))
+    assert str(err.value) == (f"{path}: record 1{' (line 2)' if suffix == '.jsonl' else ''}: field 'input': "
+                              "expected valid Unicode text, found a lone surrogate '\\ud800' at character 1")
+    result = load_rows(str(path), on_error="skip")
+    assert (len(result.rows), result.skipped) == (1, 1)
+
+
 def test_utf8_bom_is_read_as_an_encoding_mark(tmp_path):
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + GOOD_JSONL)
     (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())

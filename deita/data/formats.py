@@ -463,4 +463,22 @@ def normalise_record(record: Any, fmt: str | Format, default_id: str) -> list[di
     fmt = FORMATS.get(fmt) if isinstance(fmt, str) else fmt
     if not isinstance(record, dict):
         raise expected("a JSON object", record)
+    check_unicode(record)
     return fmt.normalise(record, default_id)
+
+
+def check_unicode(value: Any, field: str = "") -> None:
+    """Every string in ``value`` (a parsed record) is valid Unicode text: JSON's ``"\\ud800"`` escapes parse
+    to lone surrogates, which no tokenizer or UTF-8 writer accepts. DataError naming the field otherwise."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DataError(f"expected valid Unicode text, found a lone surrogate {value[err.start]!r} at character "
+                            f"{err.start}", field=field or None) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_unicode(item, f"{field}[{i}]")
