@@ -194,6 +194,7 @@ def test_heldout_rows_from_the_arrow_pool_equal_those_from_python_rows(tmp_path)
         pick_heldout(lazy, {k: v for k, v in list(selected.items())[1:]}, cap=5)
 
 
+@pytest.mark.slow  # ~10 s; the default suite proves the fingerprint equal to hash_rows in test_arrow_pool_gives_the_python_pool_rows_ids_fingerprint_and_counts
 def test_caches_written_with_python_rows_are_hits_for_the_arrow_pool(tmp_path, shared_data):
     """Scores and embeddings cached by a run that held the pool as Python rows are reused, all of them, by a
     run with the Arrow pool (same data fingerprint), and the selection is byte-identical."""
