@@ -39,9 +39,17 @@ RACY_SECONDS = 2.0
 timestamp tick could change it without changing its size or modification time."""
 
 
+def file_stamp(path: str | os.PathLike, st: os.stat_result | None = None) -> dict[str, Any]:
+    """What identifies a file's bytes without reading them: its resolved path, size, modification time (ns)
+    and inode (``st``: its ``stat``, when already taken). A rewrite, a copy over it or a replacement by
+    rename changes at least one of them."""
+    st = st or os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
 def hash_file_remembered(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -> str:
-    """:func:`hash_file`, remembered in ``memo_dir`` for large files, keyed by the file's resolved path,
-    size, modification time (ns) and inode: a 164 GB embeddings file is read once, not at every run and
+    """:func:`hash_file`, remembered in ``memo_dir`` for large files, keyed by the file's
+    :func:`file_stamp` (resolved path, size, modification time in ns, inode): a 164 GB embeddings file is read once, not at every run and
     every skip check. Any change to those four hashes the file again; so does a file modified within
     :data:`RACY_SECONDS` of its hashing. ``memo_dir`` None, or a file under :data:`REMEMBER_MIN_BYTES`,
     hashes every time. An unreadable or damaged memo entry is ignored and rewritten.
@@ -50,9 +58,8 @@ def hash_file_remembered(path: str | os.PathLike, memo_dir: str | os.PathLike | 
     st = path.stat()
     if memo_dir is None or st.st_size < REMEMBER_MIN_BYTES:
         return hash_file(path)
-    resolved = str(path.resolve())
-    stamp = {"path": resolved, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
-    entry = Path(memo_dir) / f"{hashlib.sha256(resolved.encode()).hexdigest()[:24]}.json"
+    stamp = file_stamp(path, st)
+    entry = Path(memo_dir) / f"{hashlib.sha256(stamp['path'].encode()).hexdigest()[:24]}.json"
     try:
         memo = json.loads(entry.read_text())
         if {k: memo.get(k) for k in stamp} == stamp and isinstance(memo.get("sha256"), str):

@@ -98,16 +98,15 @@ def source_stats(sources, kind: str, chars_per_token: float) -> SourceStats:
     """Count rows and estimate tokens of ``sources`` (reads local files; trusts hints for hub data). A
     local path that does not exist is a DataError naming it, as in a run, not a hub source of 0 rows."""
     from deita.data.loading import RowStream, looks_local
-    from deita.data.sources import source_options
+    from deita.data.sources import reader_args
 
     local, hub = [], []
     for src in sources:
         (local if looks_local(str(src.path)) else hub).append(src)
     rows, chars = 0, 0
     for src in local:  # streamed: a pool of millions of rows is counted without holding its rows
-        opts = source_options(src)
-        for row in RowStream(opts["path"], kind, fmt=opts["format"], split=opts["split"], revision=opts["revision"],
-                             on_error="skip", limit=opts["limit"]):
+        path, args = reader_args(src, on_error="skip")
+        for row in RowStream(path, kind, **args):
             rows, chars = rows + 1, chars + _text_chars(row)
     tokens = chars / chars_per_token
     for src in hub:  # cannot be read offline: trust the hints

@@ -50,25 +50,24 @@ def check_source(source, kind: str, key: str) -> None:
     :class:`ConfigError` naming ``key`` (``data.pool[0].path``) and the file otherwise."""
     from deita.data.errors import DataError
     from deita.data.loading import NoUsableRecords, load_rows
-    from deita.data.sources import source_options
+    from deita.data.sources import reader_args
 
-    opts = {"path": source}
+    path = source
     try:
-        opts = source_options(source)
+        path, args = reader_args(source)
         head: int | None = HEAD_RECORDS
         while True:
             try:
-                load_rows(opts["path"], kind=kind, fmt=opts["format"], split=opts["split"], revision=opts["revision"],
-                          on_error=opts["on_error"], limit=opts["limit"], head=head)
+                load_rows(path, kind=kind, **args, head=head)
                 break
             except NoUsableRecords:
-                if opts["on_error"] != "skip" or head is None:
+                if args["on_error"] != "skip" or head is None:
                     raise
                 head = head * PROBE_GROWTH if head < HEAD_RECORDS * PROBE_GROWTH ** 2 else None
     except DataError as err:
         raise SourceError(f"{key}: {err}", err.file) from None
     except ValueError as err:  # a format that gives another kind of rows, an unknown format name
-        raise SourceError(f"{key}: {opts['path']}: {err}", str(opts["path"])) from None
+        raise SourceError(f"{key}: {path}: {err}", str(path)) from None
 
 
 def check_upstreams(cfg: DictConfig, stage, run_dir) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -65,8 +67,6 @@ def validate_config(cfg: DictConfig) -> None:
     for stage in stages.pipeline_order():
         if stage.trainer_args:  # names first: a typo is reported as a typo, not as a bad value
             from deita.trl_args import check_args
-
-            import dataclasses
 
             own = [f.name for f in dataclasses.fields(stage.config)] if dataclasses.is_dataclass(stage.config) else []
             check_args(OmegaConf.to_container(cfg[stage.name].args, resolve=True) or {}, stage.trainer_args,

@@ -45,8 +45,8 @@ from typing import Any, Iterable, Iterator, Optional
 from deita.data.errors import DataError
 from deita.data.fields import response_chars
 from deita.data.loading import RowStream, looks_local, warn_skipped
-from deita.data.sources import check_unique_ids, source_options
-from deita.fingerprint import RowHasher, hash_file, hash_json, hub_revision
+from deita.data.sources import check_unique_ids, reader_args, source_options
+from deita.fingerprint import RowHasher, file_stamp, hash_file, hash_json, hub_revision
 from deita.io import atomic_path, write_json_atomic
 
 FILE_VERSION = 1
@@ -235,16 +235,15 @@ def _schema():
 
 
 def _files_identity(path: str, revision: Optional[str]) -> Any:
-    """What identifies a source's bytes cheaply: (resolved path, size, mtime_ns, inode) of each file (every file
-    under a folder; as :func:`deita.fingerprint.hash_file_remembered` identifies a large file); a hub dataset's resolved revision; None when unknown (missing, unreadable, unresolved)."""
+    """What identifies a source's bytes cheaply: the :func:`deita.fingerprint.file_stamp` of each file (every
+    file under a folder); a hub dataset's resolved revision; None when unknown (missing, unreadable, unresolved)."""
     if not looks_local(path):
         rev = hub_revision(path, "dataset", revision)
         return {"hub": path, "revision": rev} if rev else None
     p = Path(os.path.expanduser(path))
     try:
         files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-        stats = [(f, f.stat()) for f in files]
-        return [[str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino] for f, st in stats] or None
+        return [file_stamp(f) for f in files] or None
     except OSError:
         return None
 
@@ -278,9 +277,8 @@ def write_pool_file(sources: Iterable[Any], kind: str, path: Path, *, on_error: 
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for n, source in enumerate(sources):
-                opts = source_options(source)
-                stream = RowStream(opts["path"], kind, fmt=opts["format"], split=opts["split"], revision=opts["revision"],
-                                   on_error=on_error or opts["on_error"], limit=opts["limit"])
+                source_path, args = reader_args(source, on_error)
+                stream = RowStream(source_path, kind, **args)
                 ids: list[str] = []
                 batch: tuple[list, list, list] = ([], [], [])
                 for row in stream:
@@ -294,8 +292,8 @@ def write_pool_file(sources: Iterable[Any], kind: str, path: Path, *, on_error: 
                 if batch[0]:
                     writer.write_batch(pa.record_batch(list(batch), schema=schema))
                 if unique_ids:
-                    check_unique_ids(ids, n, first_source, [s["source"] for s in done] + [opts["path"]])
-                done.append({"source": opts["path"], "rows": len(ids), "skipped": stream.skipped,
+                    check_unique_ids(ids, n, first_source, [s["source"] for s in done] + [source_path])
+                done.append({"source": source_path, "rows": len(ids), "skipped": stream.skipped,
                              "first_error": None if stream.first_error is None else str(stream.first_error),
                              "format": stream.format})
     meta = {"version": FILE_VERSION, "fingerprint": hasher.hexdigest(), "rows": sum(s["rows"] for s in done),

@@ -76,6 +76,14 @@ def source_options(source: Any) -> dict[str, Any]:
     return options
 
 
+def reader_args(source: Any, on_error: Optional[str] = None) -> tuple[str, dict[str, Any]]:
+    """``(path, keyword arguments)`` of :func:`deita.data.loading.load_rows` / ``RowStream`` for one source
+    (:func:`source_options`); ``on_error`` overrides the source's own setting."""
+    opts = source_options(source)
+    return opts["path"], {"fmt": opts["format"], "split": opts["split"], "revision": opts["revision"],
+                          "on_error": on_error or opts["on_error"], "limit": opts["limit"]}
+
+
 def load_sources(sources: Iterable[Any], kind: str, *, on_error: Optional[str] = None,
                  unique_ids: bool = False) -> LoadedSources:
     """Load every source as ``kind`` rows (``sft``, ``preference``, ``prompts``).
@@ -86,9 +94,8 @@ def load_sources(sources: Iterable[Any], kind: str, *, on_error: Optional[str] =
     results: list[LoadResult] = []
     first_source: dict[str, int] = {}  # row id → index of the source that gave it first
     for n, source in enumerate(sources):
-        opts = source_options(source)
-        result = load_rows(opts["path"], kind=kind, fmt=opts["format"], split=opts["split"],
-                           revision=opts["revision"], on_error=on_error or opts["on_error"], limit=opts["limit"])
+        path, args = reader_args(source, on_error)
+        result = load_rows(path, kind=kind, **args)
         if unique_ids:
             check_unique_ids((row["id"] for row in result.rows), n, first_source, [r.source for r in results] + [result.source])
         results.append(result)
