@@ -3,11 +3,12 @@
 What is checked comes from the stage registry (:mod:`deita.stages`), so a new stage is preflighted by
 declaring its inputs:
 
-* each source under the stage's ``data_keys`` (and each of its ``extra_sources``) is opened and its first :data:`HEAD_RECORDS` records of each
-  file are normalised as the stage's ``data_kind`` (format, fields, ``on_error`` as configured); the full
-  file is streamed and checked by the stage itself, so preflight costs the same for a 1 KB and a 10 GB pool
-  (with ``on_error: skip``, a head of bad records only makes it read on to the first usable one:
-  :data:`PROBE_GROWTH`);
+* each source under the stage's ``data_keys`` (and each of its ``extra_sources``: Nuggets' anchor file, the
+  eval stage's held-out pool rows) is opened and its first :data:`HEAD_RECORDS` records of each file are
+  normalised as the stage's ``data_kind`` (format, fields, ``on_error`` as configured), once per config key
+  however many stages read it; the full file is streamed and checked by the stage itself, so preflight
+  costs the same for a 1 KB and a 10 GB pool (with ``on_error: skip``, a head of bad records only makes it
+  read on to the first usable one: :data:`PROBE_GROWTH`);
 * each reference of the stage's ``model_refs`` is resolved to a config and a tokenizer
   (:func:`deita.models.resolve.check_model_ref`) without loading any weights;
 * the stage's own ``preflight`` hook opens its other input files (``input_files``: precomputed scores and
@@ -94,10 +95,10 @@ def preflight(cfg: DictConfig, *, upstreams: bool = True) -> float:
             check_upstreams(cfg, stage, Path(cfg.run_dir))
         for key in stage.data_keys:
             for i, source in enumerate(OmegaConf.select(cfg, key) or []):
-                where = f"{key}[{i}]"
+                where = f"{key}[{i}].path"
                 if where not in seen:
                     seen.add(where)
-                    check_source(source, stage.data_kind, f"{where}.path")
+                    check_source(source, stage.data_kind, where)
         for key, (source, kind) in stage.extra_sources(cfg).items():
             if key not in seen:
                 seen.add(key)

@@ -230,3 +230,49 @@ def test_a_nuggets_anchor_file_is_preflighted(tmp_path, shared_data):
         preflight(cfg)
     _write_jsonl(missing, [{"instruction": "q", "output": "a"}])
     preflight(cfg)
+
+
+def _finished(run_dir: Path, *names: str) -> Path:
+    """``run_dir`` with each stage in ``names`` looking finished (a manifest: all preflight reads of it)."""
+    for name in names:
+        (run_dir / name).mkdir(parents=True, exist_ok=True)
+        (run_dir / name / "manifest.json").write_text(json.dumps({"stage": name, "fingerprint": "an earlier run"}))
+    return run_dir
+
+
+def test_eval_alone_after_select_stops_on_a_bad_pool_before_any_stage(tmp_path, shared_data):
+    """``stages=[eval]`` in a run dir where select finished reads ``data.pool`` for its held-out loss: a pool
+    file gone since stops train.py in preflight (exit 2, one line naming key and path, no traceback, the eval
+    stage never started, nothing written), not after the answers were generated."""
+    run_dir = _finished(tmp_path / "run", "select", "sft")
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    missing = tmp_path / "moved-away.jsonl"
+    proc = run_train(["recipe=tiny", "logger=none", "stages=[eval]", f"paths.cache_dir={tmp_path / 'cache'}",
+                      f"paths.shared_data={shared_data}", f"data.pool=[{{path: {missing}}}]", f"hydra.run.dir={run_dir}"])
+    output = proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2, output[-2000:]
+    assert errors == [f"error: data.pool[0].path: {missing}: no such file or folder"], output[-2000:]
+    assert "Traceback" not in output and "stage eval" not in output
+    after = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.parts[len(run_dir.parts)] not in (".hydra", "logs")
+                   and p.suffix != ".log")
+    assert after == before
+
+
+def test_eval_preflights_the_pool_only_when_its_held_out_loss_reads_it(tmp_path, monkeypatch):
+    """Without a select stage upstream the held-out loss is skipped, so a bad pool is no error for eval alone;
+    with select finished it is, named by its key; with select in ``stages`` too, each source is checked once."""
+    from deita import preflight as pf
+
+    bad = _write_jsonl(tmp_path / "pool.jsonl", [{"instruction": "q"}])
+    cfg = _cfg(tmp_path, "stages=[eval]", f"data.pool=[{{path: {bad}}}]")
+    _finished(Path(cfg.run_dir), "sft")
+    pf.preflight(cfg)
+    _finished(Path(cfg.run_dir), "select")
+    with pytest.raises(ConfigError, match=rf"^data.pool\[0\].path: {bad}: record 0 \(line 1\): expected the keys"):
+        pf.preflight(cfg)
+    checked = []
+    monkeypatch.setattr(pf, "check_source", lambda source, kind, key: checked.append((key, kind)))
+    cfg.stages = ["select", "sft", "eval"]
+    pf.preflight(cfg)
+    assert sorted(checked) == sorted([("data.pool[0].path", "sft"), ("data.eval_prompts[0].path", "prompts")])

@@ -56,8 +56,9 @@ class Stage:
       a source in each unless ``data_optional``; preflight (:mod:`deita.preflight`) opens each source and
       checks its first records before any stage runs.
     * ``data_kind``: the row kind its sources must give (``sft``, ``preference`` or ``prompts``).
-    * ``extra_sources(cfg)``: data files named by single config keys rather than source lists (Nuggets'
-      ``selection.anchors.path``), as ``{config key: (source, kind)}``; preflight checks them too.
+    * ``extra_sources(cfg)``: data files it reads besides its ``data_keys`` lists: named by single config
+      keys (Nuggets' ``selection.anchors.path``) or read from another stage's list (the eval stage's
+      held-out rows, ``data.pool[0].path``), as ``{config key: (source, kind)}``; preflight checks them too.
     * ``model_refs(cfg)``: the model references it loads, as ``{config key: reference}``; hashed by content
       when they are local folders; preflight resolves each to a config and a tokenizer before any stage
       runs, and names the key when one cannot be.

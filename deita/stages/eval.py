@@ -52,6 +52,23 @@ def check_eval(cfg: DictConfig) -> None:
             f"must be null or a stage that produces a model ({model_stages()}), got {choice!r}")
 
 
+def heldout_sources(cfg: DictConfig) -> dict[str, tuple]:
+    """The pool sources the held-out loss reads (``data.pool``, as sft rows), by config key, when a select
+    stage is upstream (in ``stages`` or finished in the run dir): preflight checks them as it does for the
+    select stage, so ``stages=[eval]`` alone stops on a bad pool before generating; none otherwise (the
+    held-out loss is then skipped and the pool is not read)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from deita.pipeline import read_manifest
+
+    run_dir = OmegaConf.select(cfg, "run_dir", default=None)  # "" while a sweep checks its points
+    if "select" not in cfg.stages and not (run_dir and read_manifest(Path(run_dir) / "select") is not None):
+        return {}
+    return {f"data.pool[{i}].path": (src, "sft") for i, src in enumerate(OmegaConf.select(cfg, "data.pool") or [])}
+
+
 def sweep_columns(manifest: dict) -> dict:
     """The final model's held-out loss."""
     loss = manifest.get("heldout_loss")
@@ -69,6 +86,7 @@ STAGE = register(Stage(
     data_keys=("data.eval_prompts",),
     data_optional=True,
     data_kind="prompts",
+    extra_sources=heldout_sources,
     check=check_eval,
     sweep_columns=sweep_columns,
 ))
