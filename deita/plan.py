@@ -9,6 +9,10 @@ Estimates, stated so they can be checked:
   FLOPs = 2 × params × tokens (forward only); DPO adds 2 × params × tokens for the reference model;
 * each stage's estimate is its ``plan`` hook (:mod:`deita.stages`), built from the helpers here;
 * GPU-hours = FLOPs / (``gpu_tflops`` × 10¹² × ``mfu``) / 3600; wall hours divide by ``gpus``.
+
+Plan mode runs no preflight (it checks no model reference), but it streams every local source it counts
+with the source's own ``on_error``, so a data source the run would reject stops it with the run's error,
+named by config key as preflight names it (:func:`source_stats`).
 """
 
 from __future__ import annotations
@@ -94,22 +98,27 @@ def _text_chars(row: dict) -> int:
     return sum(_text_chars({"messages": row[k]}) for k in ("prompt", "chosen", "rejected") if k in row)
 
 
-def source_stats(sources, kind: str, chars_per_token: float) -> SourceStats:
-    """Count rows and estimate tokens of ``sources`` (reads local files; trusts hints for hub data). A
-    local path that does not exist is a DataError naming it, as in a run, not a hub source of 0 rows."""
+def source_stats(sources, kind: str, chars_per_token: float, key: str = "data.pool") -> SourceStats:
+    """Count rows and estimate tokens of ``sources``, the list under config key ``key`` (reads local files;
+    trusts hints for hub data). Each local file is streamed whole as the run reads it (the source's
+    ``on_error``): a missing file or a bad record is the run's error, named as preflight names it
+    (:func:`deita.preflight.naming_source`: ``data.pool[0].path: FILE: record 3 ...``), and a local path that
+    does not exist is reported so, not taken for a hub source of 0 rows."""
     from deita.data.loading import RowStream, looks_local
     from deita.data.sources import reader_args
+    from deita.preflight import naming_source
 
     local, hub = [], []
-    for src in sources:
-        (local if looks_local(str(src.path)) else hub).append(src)
+    for i, src in enumerate(sources):
+        (local if looks_local(str(src.path)) else hub).append((i, src))
     rows, chars = 0, 0
-    for src in local:  # streamed: a pool of millions of rows is counted without holding its rows
-        path, args = reader_args(src, on_error="skip")
-        for row in RowStream(path, kind, **args):
-            rows, chars = rows + 1, chars + _text_chars(row)
+    for i, src in local:  # streamed: a pool of millions of rows is counted without holding its rows
+        with naming_source(f"{key}[{i}].path", src):
+            path, args = reader_args(src)
+            for row in RowStream(path, kind, **args):
+                rows, chars = rows + 1, chars + _text_chars(row)
     tokens = chars / chars_per_token
-    for src in hub:  # cannot be read offline: trust the hints
+    for _, src in hub:  # cannot be read offline: trust the hints
         n = src.approx_rows or 0
         n = min(n, src.limit) if src.limit else n
         rows += n
@@ -155,7 +164,7 @@ def preference_estimate(cfg: DictConfig, stage: str, *, flops_per_token: float) 
     """Plan entry of a preference stage: the (sampled) pairs of ``data.preference``, each chosen plus
     rejected sequence capped at ``max_length``."""
     opts, node = cfg.plan_options, cfg[stage]
-    pref = source_stats(cfg.data.preference, "preference", opts.chars_per_token)
+    pref = source_stats(cfg.data.preference, "preference", opts.chars_per_token, "data.preference")
     rows = min(pref.rows, cfg.data.preference_sample or pref.rows)
     per_pair = min(pref.tokens / pref.rows if pref.rows else 0.0, 2 * node.max_length)
     estimate = training_estimate(cfg, stage, rows=rows, tokens_per_row=per_pair, flops_per_token=flops_per_token)
@@ -167,7 +176,7 @@ def build_plan(cfg: DictConfig) -> list[dict]:
     from deita import stages
 
     opts = cfg.plan_options
-    stats = source_stats(cfg.data.pool, "sft", opts.chars_per_token)
+    stats = source_stats(cfg.data.pool, "sft", opts.chars_per_token, "data.pool")
     budget = stats.rows if cfg.selection.budget < 0 else min(cfg.selection.budget, stats.rows or cfg.selection.budget)
     pool = PoolPlan(stats, budget)
     return [{"stage": stage.name, **stage.plan(cfg, pool)} for stage in stages.in_pipeline_order(cfg.stages)

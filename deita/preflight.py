@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,15 +48,40 @@ class SourceError(ConfigError):
         self.file = file
 
 
+@contextmanager
+def naming_source(key: str, source) -> Iterator[None]:
+    """Turn a data error raised while ``source`` is read into a :class:`SourceError` naming ``key``
+    (``data.pool[0].path``) before the file, record and field: the one form of a bad data source for
+    preflight and plan mode."""
+    from deita.data.errors import DataError
+
+    try:
+        yield
+    except DataError as err:
+        raise SourceError(f"{key}: {err}", err.file) from None
+    except ValueError as err:  # a format that gives another kind of rows, an unknown format name
+        path = _path_of(source)
+        raise SourceError(f"{key}: {path}: {err}", path) from None
+
+
+def _path_of(source) -> str:
+    """The path of a data source as the error names it (the source itself when it has none)."""
+    from deita.data.errors import DataError
+    from deita.data.sources import source_options
+
+    try:
+        return source_options(source)["path"]
+    except DataError:
+        return str(source)
+
+
 def check_source(source, kind: str, key: str) -> None:
     """Open ``source`` (a data-source node) and normalise its first records as ``kind`` rows; a
     :class:`ConfigError` naming ``key`` (``data.pool[0].path``) and the file otherwise."""
-    from deita.data.errors import DataError
     from deita.data.loading import NoUsableRecords, load_rows
     from deita.data.sources import reader_args
 
-    path = source
-    try:
+    with naming_source(key, source):
         path, args = reader_args(source)
         head: int | None = HEAD_RECORDS
         while True:
@@ -65,10 +92,6 @@ def check_source(source, kind: str, key: str) -> None:
                 if args["on_error"] != "skip" or head is None:
                     raise
                 head = head * PROBE_GROWTH if head < HEAD_RECORDS * PROBE_GROWTH ** 2 else None
-    except DataError as err:
-        raise SourceError(f"{key}: {err}", err.file) from None
-    except ValueError as err:  # a format that gives another kind of rows, an unknown format name
-        raise SourceError(f"{key}: {path}: {err}", str(path)) from None
 
 
 def check_upstreams(cfg: DictConfig, stage, run_dir) -> None:

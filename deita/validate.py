@@ -59,6 +59,7 @@ def validate_config(cfg: DictConfig) -> None:
         for i, src in enumerate(cfg.data[group]):
             require(src.on_error in ("raise", "skip"), f"data.{group}[{i}].on_error", f"must be 'raise' or 'skip', got {src.on_error!r}")
             require(src.limit is None or src.limit > 0, f"data.{group}[{i}].limit", f"must be positive or null, got {src.limit}")
+    _check_source_formats(cfg)
     for stage in stages.in_pipeline_order(names):
         for key in () if stage.data_optional else stage.data_keys:
             require(len(OmegaConf.select(cfg, key) or []) > 0, key, f"the {stage.name} stage needs at least one source")
@@ -79,6 +80,22 @@ def validate_config(cfg: DictConfig) -> None:
     require(cfg.logger.backend in ("none", "wandb"), "logger.backend", f"must be 'none' or 'wandb', got {cfg.logger.backend!r}")
     require(cfg.logger.mode in ("online", "offline", "disabled"), "logger.mode", f"must be online, offline or disabled, got {cfg.logger.mode!r}")
     require(cfg.launch.timeout_minutes > 0, "launch.timeout_minutes", f"must be positive, got {cfg.launch.timeout_minutes}")
+
+
+def _check_source_formats(cfg: DictConfig) -> None:
+    """Each data source's ``format`` is ``auto`` or a registered format giving the rows its list's stage reads
+    (``data.pool``: sft, ``data.preference``: preference, ``data.eval_prompts``: prompts)."""
+    from deita import stages
+    from deita.data import formats_reference  # noqa: F401  (registers the opt-in reference formats)
+    from deita.data.formats import FORMATS
+
+    for stage in stages.pipeline_order():
+        names = [n for n in FORMATS.names() if FORMATS.get(n).kind == stage.data_kind]
+        for key in stage.data_keys:
+            for i, src in enumerate(OmegaConf.select(cfg, key) or []):
+                fmt = src.get("format", "auto") if hasattr(src, "get") else "auto"
+                require(fmt == "auto" or fmt in names, f"{key}[{i}].format",
+                        f"must be 'auto' or a format of {stage.data_kind} rows ({', '.join(names)}), got {fmt!r}")
 
 
 def _is_training_node(config: type | None) -> bool:

@@ -256,7 +256,7 @@ def test_bad_arguments():
         load_rows("x.json", "chat")
     with pytest.raises(ValueError, match="on_error must be"):
         load_rows("x.json", on_error="ignore")
-    with pytest.raises(KeyError, match="unknown data format 'alpacca'; registered: alpaca, alpaca_eval"):
+    with pytest.raises(ValueError, match="unknown data format 'alpacca'; registered: alpaca, alpaca_eval"):
         load_rows("x.json", fmt="alpacca")
     with pytest.raises(ValueError, match="format 'hh' yields preference rows, but kind='sft' was asked for"):
         load_rows("x.json", "sft", fmt="hh")

@@ -36,7 +36,8 @@ def test_unknown_size_is_shown_as_question_mark_not_nan(tmp_path):
 
 
 def test_plan_counts_a_pool_by_streaming_it_with_the_loaders_counts(tmp_path):
-    """Plan mode's row and token counts equal those of the loaded rows (bad records skipped, limits kept),
+    """Plan mode's row and token counts equal those of the loaded rows (bad records skipped as the source
+    says, limits kept),
     while it never holds the pool: its peak Python allocation stays a small fraction of the rows' size."""
     import json
     import tracemalloc
@@ -53,13 +54,13 @@ def test_plan_counts_a_pool_by_streaming_it_with_the_loaders_counts(tmp_path):
         f.write("{bad json\n")
     second = tmp_path / "second.jsonl"
     second.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "a"}) + "\n" for i in range(50)))
-    sources = [OmegaConf.create({"path": str(pool)}), OmegaConf.create({"path": str(second), "limit": 30})]
+    sources = [OmegaConf.create({"path": str(pool), "on_error": "skip"}), OmegaConf.create({"path": str(second), "limit": 30})]
     tracemalloc.start()
     stats = source_stats(sources, "sft", 4.0)
     _, streamed_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     tracemalloc.start()
-    rows = load_sources(sources, "sft", on_error="skip").rows
+    rows = load_sources(sources, "sft").rows
     _, rows_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert stats.rows == len(rows) == 20030

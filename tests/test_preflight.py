@@ -75,6 +75,32 @@ def test_bad_inputs_stop_train_py_before_any_stage(tmp_path, shared_data):
     assert not failures, "\n".join(failures)
 
 
+def test_plan_mode_stops_on_a_bad_data_source_as_a_run_would(tmp_path, shared_data):
+    """``plan=true`` streams each local source it counts with the source's own ``on_error``: a typo'd path, a
+    bad record (even past preflight's head) or a bad preference file is the error a run gives, named by key
+    as preflight names it, exit 2, no traceback, no plan printed, no run dir left (real train.py runs)."""
+    good = {"instruction": "q", "output": "a"}
+    late_bad = _write_jsonl(tmp_path / "late.jsonl", [good] * 100 + [{"instruction": "q"}])
+    bad_pref = _write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "p", "chosen": "c"}])
+    cases = [
+        ([f"data.pool=[{{path: {tmp_path / 'pool.jsonl'}}}]"], f"data.pool[0].path: {tmp_path / 'pool.jsonl'}: no such file or folder"),
+        (["data.pool=[{path: instruct/pool.jsonl}]"], "data.pool[0].path: instruct/pool.jsonl: no such file or folder (relative to"),
+        ([f"data.pool=[{{path: {late_bad}}}]"], f"data.pool[0].path: {late_bad}: record 100 (line 101): field 'output'"),
+        ([f"data.preference=[{{path: {bad_pref}}}]"], f"data.preference[0].path: {bad_pref}: record 0 (line 1): field 'rejected'"),
+    ]
+    failures = []
+    for n, (overrides, message) in enumerate(cases):
+        runs = tmp_path / f"runs{n}"
+        proc = run_train(["recipe=tiny", "plan=true", f"paths.runs_dir={runs}", f"paths.shared_data={shared_data}", *overrides],
+                         cwd=tmp_path)
+        output = proc.stdout + proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        if (proc.returncode != 2 or len(errors) != 1 or not errors[0].startswith(f"error: {message}")
+                or "Traceback" in output or "Plan for" in output or any(runs.rglob("*"))):
+            failures.append(f"{overrides}: rc {proc.returncode}, errors {errors}, tail {output[-600:]}")
+    assert not failures, "\n".join(failures)
+
+
 def test_preflight_reads_only_the_head_of_a_jsonl_pool(tmp_path):
     """A pool whose record 200 is bad passes preflight (it reads 64 records) and fails the full load: the
     head check is a head check, and the stage's full read still names the record."""

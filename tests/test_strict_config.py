@@ -35,6 +35,9 @@ CLI_CASES = [
     (["+dpo.args.max_steps=1.5"], "config key 'dpo.args.max_steps': expected an integer, found 1.5"),
     (["sft.args.max_steps=1.5"], "config key 'sft.args.max_steps': not set by this config, so Hydra needs '+' to add "
                                  "it: +sft.args.max_steps=..."),
+    # a data source's format name (was a KeyError traceback from the format registry at preflight)
+    (["data.pool=[{path: pool.jsonl, format: alpacca}]"], "config key 'data.pool[0].format': must be 'auto' or a format "
+                                                         "of sft rows (alpaca, openai, self_instruct, sharegpt, sharegpt_deita), got 'alpacca'"),
 ]
 
 
@@ -107,6 +110,10 @@ def test_strict_config_cases_exit_2_through_train_py(tmp_path):
                                   "'sft.packing'; set that instead"),
     (["++orpo.args.max_length=64"], "config key 'orpo.args.max_length': deita sets this ORPOConfig argument from "
                                     "'orpo.max_length'; set that instead"),
+    (["data.preference=[{path: p.jsonl, format: alpaca}]"], "config key 'data.preference[0].format': must be 'auto' or a "
+                                                            "format of preference rows (hh, llamafactory_preference, preference), got 'alpaca'"),
+    (["data.eval_prompts=[{path: p.jsonl, format: hh}]"], "config key 'data.eval_prompts[0].format': must be 'auto' or a "
+                                                          "format of prompts rows"),
 ])
 def test_bad_values_fail_validation_naming_the_key(overrides, message):
     cfg = compose_config(["recipe=tiny", *overrides])
@@ -124,6 +131,8 @@ def test_bad_values_fail_validation_naming_the_key(overrides, message):
      "++sft.args.model_init_kwargs={dtype: float32}", "++dpo.args.bf16=false", "++sft.args.learning_rate=1"],
     # annotated str, but transformers also takes a list (its isinstance test)
     ["++sft.args.fsdp=[full_shard,auto_wrap]"],
+    ["data.pool=[{path: a.json, format: sharegpt_deita}]", "data.eval_prompts=[{path: q.jsonl, format: mt_bench}]",
+     "data.preference=[{path: p.json, format: llamafactory_preference}]"],
 ])
 def test_valid_edge_values_pass(overrides):
     validate_config(compose_config(["recipe=tiny", *overrides]))

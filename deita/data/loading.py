@@ -345,7 +345,10 @@ class RowStream:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be a positive number of rows or None, got {limit!r}")
-        forced = None if fmt == "auto" else FORMATS.get(fmt)
+        try:
+            forced = None if fmt == "auto" else FORMATS.get(fmt)
+        except KeyError as err:  # the registry's message lists the known names
+            raise ValueError(err.args[0]) from None
         if forced is not None and kind not in ("auto", forced.kind):
             raise ValueError(f"format {fmt!r} yields {forced.kind} rows, but kind={kind!r} was asked for")
         self.source, self.split, self.revision, self.head = source, split, revision, head
