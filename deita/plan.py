@@ -104,7 +104,8 @@ def source_stats(sources, kind: str, chars_per_token: float, key: str = "data.po
     ``on_error``): a missing file or a bad record is the run's error, named as preflight names it
     (:func:`deita.preflight.naming_source`: ``data.pool[0].path: FILE: record 3 ...``), and a local path that
     does not exist is reported so, not taken for a hub source of 0 rows."""
-    from deita.data.loading import RowStream, looks_local
+    from deita.data.loading import RowStream
+    from deita.data.readers import looks_local
     from deita.data.sources import reader_args
     from deita.preflight import naming_source
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from deita.data.errors import MISSING, DataError, describe, expected
-from deita.data.loading import load_rows, read_jsonl
+from deita.data.loading import load_rows
+from deita.data.readers import read_jsonl
 from tests.helpers import run_train
 
 

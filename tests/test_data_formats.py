@@ -11,7 +11,8 @@ import pytest
 
 from deita.data.errors import DataError
 from deita.data.formats import DETECTION_ORDER, FORMATS, detect_format, normalise_record
-from deita.data.loading import load_rows, read_jsonl, write_jsonl
+from deita.data.loading import load_rows, write_jsonl
+from deita.data.readers import read_jsonl
 from deita.fingerprint import hash_rows
 
 # file, kind, format, rows. Counts by hand from the README and the files: the self-instruct files

@@ -156,9 +156,9 @@ def test_head_of_large_files_equals_the_first_rows_of_the_full_read(tmp_path, su
     the full parse (the oracle), for a file larger than the prefix."""
     import gzip
 
-    from deita.data import loading
+    from deita.data import loading, readers
 
-    monkeypatch.setattr(loading, "HEAD_JSON_BYTES", 4096)  # so a small test file counts as large
+    monkeypatch.setattr(readers, "HEAD_JSON_BYTES", 4096)  # so a small test file counts as large
     records = [{"instruction": f"q{i} é", "output": "a" * (i % 50), "input": ""} for i in range(500)]
     path = tmp_path / f"pool{suffix}"
     if suffix == ".parquet":
@@ -176,9 +176,9 @@ def test_head_of_large_files_equals_the_first_rows_of_the_full_read(tmp_path, su
 
 def test_a_json_list_cut_inside_a_record_falls_back_to_the_whole_parse(tmp_path, monkeypatch):
     """When the prefix ends inside the first record, the file is parsed whole (same rows)."""
-    from deita.data import loading
+    from deita.data import loading, readers
 
-    monkeypatch.setattr(loading, "HEAD_JSON_BYTES", 64)
+    monkeypatch.setattr(readers, "HEAD_JSON_BYTES", 64)
     path = tmp_path / "pool.json"
     path.write_text(json.dumps([{"instruction": "q" * 200, "output": "a"}] * 3))
     assert loading.load_rows(str(path), kind="sft", head=2).rows == loading.load_rows(str(path), kind="sft").rows[:2]

@@ -2,7 +2,8 @@
 
 from deita.data.errors import DataError
 from deita.data.formats import FORMATS, KINDS, detect_format, normalise_record
-from deita.data.loading import LoadResult, load_rows, read_jsonl, write_jsonl
+from deita.data.loading import LoadResult, load_rows, write_jsonl
+from deita.data.readers import read_jsonl
 
 __all__ = [
     "DataError",

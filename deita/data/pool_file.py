@@ -44,7 +44,8 @@ from typing import Any, Iterable, Iterator, Optional
 
 from deita.data.errors import DataError
 from deita.data.fields import response_chars
-from deita.data.loading import RowStream, looks_local, warn_skipped
+from deita.data.loading import RowStream, warn_skipped
+from deita.data.readers import looks_local
 from deita.data.sources import check_unique_ids, reader_args, source_options
 from deita.fingerprint import RowHasher, file_stamp, hash_file, hash_json, hub_revision
 from deita.io import atomic_path, write_json_atomic
@@ -53,7 +54,8 @@ FILE_VERSION = 1
 """Layout version of the pool file; part of its key."""
 BATCH_ROWS = 4096
 """Rows per Arrow record batch (written one at a time; iteration decodes one batch at a time)."""
-_CODE_MODULES = ("formats.py", "formats_reference.py", "fields.py", "loading.py", "sources.py", "pool_file.py")
+_CODE_MODULES = ("formats.py", "formats_reference.py", "fields.py", "readers.py", "loading.py", "sources.py",
+                 "pool_file.py")
 """Modules of ``deita/data`` whose bytes are part of the key: a change to how records become rows converts anew."""
 
 

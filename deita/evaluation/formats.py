@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 
-from deita.data.loading import DATA_SUFFIXES
+from deita.data.readers import DATA_SUFFIXES
 
 
 def source_stem(source: str) -> str:

@@ -111,7 +111,7 @@ def current_stages(run_dir: Path) -> dict[str, dict]:
 def dataset_rows(select_dir: Path, scores) -> list[dict]:
     """The selected canonical rows in selection order, each with its ``rank`` and the method's scalar scores
     (from ``scores``, the stage's per-row table)."""
-    from deita.data.loading import read_jsonl
+    from deita.data.readers import read_jsonl
     from deita.selection.report import numeric_columns
 
     rows = read_jsonl(select_dir / "selected.jsonl")

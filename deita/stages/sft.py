@@ -56,7 +56,7 @@ def run_sft_stage(cfg: DictConfig, ctx) -> dict:
     from trl import SFTConfig
 
     from deita.console import training_progress
-    from deita.data.loading import read_jsonl
+    from deita.data.readers import read_jsonl
     from deita.tracking import tracked_run
     from deita.training.lean_sft import sft_trainer_class
 
