@@ -76,29 +76,42 @@ def test_bad_inputs_stop_train_py_before_any_stage(tmp_path, shared_data):
 
 
 def test_plan_mode_stops_on_a_bad_data_source_as_a_run_would(tmp_path, shared_data):
-    """``plan=true`` streams each local source it counts with the source's own ``on_error``: a typo'd path, a
-    bad record (even past preflight's head) or a bad preference file is the error a run gives, named by key
-    as preflight names it, exit 2, no traceback, no plan printed, no run dir left (real train.py runs)."""
-    good = {"instruction": "q", "output": "a"}
-    late_bad = _write_jsonl(tmp_path / "late.jsonl", [good] * 100 + [{"instruction": "q"}])
-    bad_pref = _write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "p", "chosen": "c"}])
+    """``plan=true`` streams each local source it counts with the source's own ``on_error``: a typo'd path or
+    a bad record (even past preflight's head) is the error a run gives, named by key as preflight names it,
+    exit 2, no traceback, no plan printed, no run dir left (real train.py runs)."""
+    late_bad = _write_jsonl(tmp_path / "late.jsonl", [{"instruction": "q", "output": "a"}] * 100 + [{"instruction": "q"}])
     cases = [
         ([f"data.pool=[{{path: {tmp_path / 'pool.jsonl'}}}]"], f"data.pool[0].path: {tmp_path / 'pool.jsonl'}: no such file or folder"),
-        (["data.pool=[{path: instruct/pool.jsonl}]"], "data.pool[0].path: instruct/pool.jsonl: no such file or folder (relative to"),
         ([f"data.pool=[{{path: {late_bad}}}]"], f"data.pool[0].path: {late_bad}: record 100 (line 101): field 'output'"),
-        ([f"data.preference=[{{path: {bad_pref}}}]"], f"data.preference[0].path: {bad_pref}: record 0 (line 1): field 'rejected'"),
     ]
     failures = []
     for n, (overrides, message) in enumerate(cases):
         runs = tmp_path / f"runs{n}"
-        proc = run_train(["recipe=tiny", "plan=true", f"paths.runs_dir={runs}", f"paths.shared_data={shared_data}", *overrides],
-                         cwd=tmp_path)
+        proc = run_train(["recipe=tiny", "plan=true", f"paths.runs_dir={runs}", f"paths.shared_data={shared_data}", *overrides])
         output = proc.stdout + proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         if (proc.returncode != 2 or len(errors) != 1 or not errors[0].startswith(f"error: {message}")
                 or "Traceback" in output or "Plan for" in output or any(runs.rglob("*"))):
             failures.append(f"{overrides}: rc {proc.returncode}, errors {errors}, tail {output[-600:]}")
     assert not failures, "\n".join(failures)
+
+
+def test_plan_mode_names_each_source_list_by_its_key(tmp_path, shared_data, monkeypatch):
+    """The same in process for the other lists plan mode reads and for a relative path: the preference file
+    (``data.preference``), the second pool source (index 1), a path relative to the working directory."""
+    from deita.plan import build_plan
+
+    bad_pref = _write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "p", "chosen": "c"}])
+    monkeypatch.chdir(tmp_path)
+    pool = f"{shared_data}/instruct/llamafactory_alpaca_en_demo.json"
+    cases = [
+        ([f"data.preference=[{{path: {bad_pref}}}]"], rf"data.preference\[0\].path: {bad_pref}: record 0 \(line 1\): field 'rejected'"),
+        ([f"data.pool=[{{path: {pool}, limit: 5}}, {{path: instruct/pool.jsonl}}]"],
+         rf"data.pool\[1\].path: instruct/pool.jsonl: no such file or folder \(relative to the working directory {tmp_path}\)"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            build_plan(_cfg(tmp_path, f"paths.shared_data={shared_data}", *overrides))
 
 
 def test_preflight_reads_only_the_head_of_a_jsonl_pool(tmp_path):
