@@ -57,9 +57,10 @@ class DataSource:
     """A malformed record, or one that would train nothing (no assistant turn, chosen == rejected, a blank
     prompt), stops the run ('raise') or is skipped and counted ('skip'). An unreadable file always stops it."""
     approx_rows: Optional[int] = None
-    """Row count plan mode assumes when it cannot read the source offline (hub datasets)."""
+    """Row count plan mode assumes when it cannot read the source offline (hub datasets); plan mode stops,
+    naming this key, on a hub source without it."""
     approx_tokens_per_row: Optional[int] = None
-    """Tokens per row plan mode assumes when it cannot read the source offline."""
+    """Tokens per row plan mode assumes when it cannot read the source offline; needed with ``approx_rows``."""
 
 
 @dataclass

@@ -103,11 +103,13 @@ def source_stats(sources, kind: str, chars_per_token: float, key: str = "data.po
     trusts hints for hub data). Each local file is streamed whole as the run reads it (the source's
     ``on_error``): a missing file or a bad record is the run's error, named as preflight names it
     (:func:`deita.preflight.naming_source`: ``data.pool[0].path: FILE: record 3 ...``), and a local path that
-    does not exist is reported so, not taken for a hub source of 0 rows."""
+    does not exist is reported so, not taken for a hub source of 0 rows. A source that is no local path
+    (a hub name, or a typo'd relative path without a data suffix) needs both hints, or it would count as 0
+    rows: a :class:`deita.preflight.SourceError` naming the keys to set otherwise."""
     from deita.data.loading import RowStream
     from deita.data.readers import looks_local
     from deita.data.sources import reader_args
-    from deita.preflight import naming_source
+    from deita.preflight import SourceError, naming_source
 
     local, hub = [], []
     for i, src in enumerate(sources):
@@ -119,11 +121,16 @@ def source_stats(sources, kind: str, chars_per_token: float, key: str = "data.po
             for row in RowStream(path, kind, **args):
                 rows, chars = rows + 1, chars + _text_chars(row)
     tokens = chars / chars_per_token
-    for _, src in hub:  # cannot be read offline: trust the hints
-        n = src.approx_rows or 0
+    for i, src in hub:  # cannot be read offline: trust the hints
+        if src.approx_rows is None or src.approx_tokens_per_row is None:
+            where = f"{key}[{i}]"
+            raise SourceError(f"{where}.path: {src.path}: no such local file or folder; as a hub dataset plan mode "
+                              f"does not read it: set {where}.approx_rows and {where}.approx_tokens_per_row to plan "
+                              "with it", str(src.path))
+        n = src.approx_rows
         n = min(n, src.limit) if src.limit else n
         rows += n
-        tokens += n * (src.approx_tokens_per_row or 0)
+        tokens += n * src.approx_tokens_per_row
     return SourceStats(rows, tokens, exact=not hub)
 
 

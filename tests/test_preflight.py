@@ -97,8 +97,9 @@ def test_plan_mode_stops_on_a_bad_data_source_as_a_run_would(tmp_path, shared_da
 
 
 def test_plan_mode_names_each_source_list_by_its_key(tmp_path, shared_data, monkeypatch):
-    """The same in process for the other lists plan mode reads and for a relative path: the preference file
-    (``data.preference``), the second pool source (index 1), a path relative to the working directory."""
+    """The same in process for the other lists plan mode reads and for relative paths: the preference file
+    (``data.preference``), the second pool source (index 1), a path relative to the working directory, and
+    one without a data suffix (a hub name without the hints plan mode counts it by)."""
     from deita.plan import build_plan
 
     bad_pref = _write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "p", "chosen": "c"}])
@@ -108,6 +109,9 @@ def test_plan_mode_names_each_source_list_by_its_key(tmp_path, shared_data, monk
         ([f"data.preference=[{{path: {bad_pref}}}]"], rf"data.preference\[0\].path: {bad_pref}: record 0 \(line 1\): field 'rejected'"),
         ([f"data.pool=[{{path: {pool}, limit: 5}}, {{path: instruct/pool.jsonl}}]"],
          rf"data.pool\[1\].path: instruct/pool.jsonl: no such file or folder \(relative to the working directory {tmp_path}\)"),
+        # no data suffix: a hub name to the reader, which plan mode can count only from its hints (was: 0 rows)
+        (["data.pool=[{path: instruct/my_pool}]"], r"data.pool\[0\].path: instruct/my_pool: no such local file or folder; "
+         r"as a hub dataset plan mode does not read it: set data.pool\[0\].approx_rows and data.pool\[0\].approx_tokens_per_row"),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=f"^{message}"):
