@@ -191,6 +191,8 @@ class PackedDecoder:
         import torch
         import torch.nn.functional as F
 
+        from deita.models.row_attention import causal_mask, causal_row_attention
+
         device = self.embed.weight.device
         lens = [len(s) for s in seqs]
         if min(lens) < 1:
@@ -214,6 +216,7 @@ class PackedDecoder:
         last_mask = (torch.arange(keys, device=device)[None, :] < (lens_t + skip)[:, None])[:, None, None]
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         gqa = {"enable_gqa": True} if nq != nkv else {}
+        row_mask = None
         for li, w in enumerate(self.layers):
             final = li == len(self.layers) - 1
             qkv = self._linear(w["ln1"](x), w["qkv"])
@@ -224,6 +227,17 @@ class PackedDecoder:
             else:
                 qk = _rope(qkv[:, : (nq + nkv) * hd].view(n, nq + nkv, hd), cos, sin)  # q and k in one pass
                 q, k = qk[:, :nq], qk[:, nq:]
+            if self.onednn and not final:  # GEMM attention per row: see deita.models.row_attention
+                pkv = (prefix.kv[li][0][0], prefix.kv[li][1][0]) if skip else None
+                if row_mask is None:
+                    row_mask = causal_mask(width, nq // nkv, skip, device)
+                attn = causal_row_attention(q, k, v, lens, w["scaling"], self._linear, self._linear_add, pkv,
+                                            row_mask)
+                x = self._linear_add(attn, w["o"], x)
+                gate_up = self._linear(w["ln2"](x), w["gate_up"])
+                act = F.silu(gate_up[:, : w["inter"]]).mul_(gate_up[:, w["inter"] :])
+                x = self._linear_add(act, w["down"], x)
+                continue
             if dense and not skip:
                 k_all, v_all = (t.view(rows, width, nkv, hd).transpose(1, 2) for t in (k, v))
             else:  # right padded [B, kv, skip + T, d] after the prefix's keys/values; zero pads

@@ -100,6 +100,7 @@ class DeitaScorer:
         self.pad_id = pad_id_of(self.tokenizer)
         _check_generation_config(self.model, self.path)
         self.packed = packed_decoder(self.model, self.max_length) if packed else None
+        self._digit_head = None  # the head's weight (and bias) rows of the six digits, taken at first use
         self.prefix = template_prefix(self.model, self.tokenizer, kind) if prefix_cache else None
         if self.prefix is not None:
             use_suffix_attention(self.model, self.max_length)  # no [B, 1, L, P + L] mask per batch
@@ -154,12 +155,19 @@ class DeitaScorer:
         """Expected digit scores from final hidden states ``[B, H]`` at the position after each prompt
         (NaN where a digit logit is not finite)."""
         import torch
+        import torch.nn.functional as F
 
-        logits = self.model.get_output_embeddings()(rows).float()
+        head = self.model.get_output_embeddings()
+        if type(head) is torch.nn.Linear:  # only the six digit rows of the head: each logit is its own dot product
+            if self._digit_head is None:
+                ids = torch.tensor(self.digit_ids, device=head.weight.device)
+                self._digit_head = (head.weight[ids], head.bias[ids] if head.bias is not None else None)
+            digit_logits = F.linear(rows, *self._digit_head).float()
+        else:  # an adapter or quantised head: its own forward over the vocabulary
+            digit_logits = head(rows).float()[:, self.digit_ids]
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        digit_logits = logits[:, self.digit_ids]
+            digit_logits = torch.tanh(digit_logits / softcap) * softcap
         scores = expected_digit_score(digit_logits).cpu().tolist()
         bad = (~torch.isfinite(digit_logits).all(dim=1)).tolist()
         return [math.nan if b else x for x, b in zip(scores, bad)]
