@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import os
-QUERY_BLOCK = int(os.environ.get('QB', 128))
+QUERY_BLOCK = 128
 """Query tokens per block: a block attends to the keys up to its last token only."""
 
 

@@ -102,7 +102,7 @@ class DeitaScorer:
         self.packed = packed_decoder(self.model, self.max_length) if packed else None
         self._digit_head = None  # the head's weight (and bias) rows of the six digits, taken at first use
         self.prefix = template_prefix(self.model, self.tokenizer, kind) if prefix_cache else None
-        if self.prefix is not None:
+        if self.prefix is not None and self.packed is None:
             use_suffix_attention(self.model, self.max_length)  # no [B, 1, L, P + L] mask per batch
         self.prefix_stats = {"tokens": len(self.prefix) if self.prefix is not None else 0, "rows": 0, "fallback_rows": 0}
         """Shared-prefix use so far: prefix ``tokens``, ``rows`` run from it, ``fallback_rows`` run whole
