@@ -20,11 +20,14 @@ def alpaca_turns(shared_data, n: int) -> list[tuple[str, str]]:
 
 
 def pair(model_dir, kind: str):
-    """A prefix-cache scorer (suffix attention) and a whole-prompt scorer (stock SDPA attention)."""
+    """A prefix-cache scorer (the packed decoder; the suffix attention is installed only for the HF path)
+    and a whole-prompt scorer (stock SDPA attention)."""
     fast = DeitaScorer(kind, str(model_dir), device="cpu", show_progress=False, max_tokens_per_batch=256)
     full = DeitaScorer(kind, str(model_dir), device="cpu", show_progress=False, max_tokens_per_batch=256,
                        prefix_cache=False)
-    assert fast.model.config._attn_implementation == SUFFIX_ATTENTION
+    assert fast.packed is not None and fast.model.config._attn_implementation == "sdpa"
+    hf = DeitaScorer(kind, str(model_dir), device="cpu", show_progress=False, packed=False)
+    assert hf.model.config._attn_implementation == SUFFIX_ATTENTION
     assert full.model.config._attn_implementation == "sdpa"
     return fast, full
 
