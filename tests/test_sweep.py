@@ -209,7 +209,7 @@ def test_relaunch_command_round_trips_overrides_and_run_dir(tmp_path):
 
 
 @pytest.mark.slow  # the same re-launch (CLI-set ACCELERATE_USE_CPU, world size 2 in the manifest) runs in make test as
-# tests/test_run_lock.py::test_a_relaunched_multi_process_run_holds_the_lock_once_and_its_ranks_do_not_wait_on_it
+# tests/test_wheel.py::test_installed_command_relaunches_itself_as_python_m_deita
 def test_num_processes_relaunches_under_accelerate(tmp_path, shared_data):
     args = ["recipe=tiny", "launch.num_processes=2", f"launch.extra_args=[--main_process_port,{free_port()}]",
             "stages=[select]", "logger=none", "selection.budget=8", *shared_paths(tmp_path, shared_data),

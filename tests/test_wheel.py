@@ -129,6 +129,9 @@ def test_python_m_deita_and_accelerate_launch_m_deita(venv, elsewhere, shared_da
 
 
 def test_installed_command_relaunches_itself_as_python_m_deita(venv, elsewhere, shared_data):
+    """``launch.num_processes=2`` re-launches the installed command as ``python -m deita`` under accelerate (no
+    ACCELERATE_USE_CPU set here: the CLI sets it for the CPU re-launch). The launcher holds the run dir's lock
+    once: its ranks neither wait on it nor take it (either would stop them), and it is released at the end."""
     from tests.helpers import free_port
 
     pool = f"data.pool=[{{path: {shared_data}/instruct/llamafactory_alpaca_en_demo.json, limit: 24}}]"
@@ -136,11 +139,15 @@ def test_installed_command_relaunches_itself_as_python_m_deita(venv, elsewhere, 
             f"launch.extra_args=[--main_process_port,{free_port()}]"]
     # An empty HF_HOME: a default accelerate config on this machine would choose another process layout.
     env = {**_env(), "OMP_NUM_THREADS": "1", "HF_HOME": str(elsewhere / "hf_home")}
+    env.pop("ACCELERATE_USE_CPU", None)
     run = _run([venv / "bin" / "deita", *args], cwd=elsewhere, env=env)
+    assert "re-launching with 2 processes" in run.stdout + run.stderr
     assert " -m deita recipe=tiny " in run.stdout + run.stderr  # the processes start the installed package
     (manifest,) = (elsewhere / "runs" / "tiny").glob("*/select/manifest.json")
     record = json.loads(manifest.read_text())
     assert record["world_size"] == 2 and record["selected_rows"] == 8
+    assert record["config"]["launch"]["num_processes"] == 2
+    assert not (manifest.parent.parent / ".lock").exists()
 
 
 def test_installed_command_without_the_shared_data_says_which_key_to_set(venv, elsewhere):
