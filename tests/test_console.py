@@ -28,6 +28,41 @@ def test_quiet_tiny_run_has_no_warnings_and_ends_with_the_summary(tiny_run):
         assert figure in summary, figure
 
 
+QUIET_PROBE = """
+import sys
+from deita import console
+if sys.argv[1] == "before":
+    import datasets, transformers
+console.configure(False)
+print(sorted({"datasets", "transformers"} & set(sys.modules)))
+import datasets, transformers
+from transformers.utils import logging as hf_logging
+print(hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), datasets.utils.logging.get_verbosity(),
+      datasets.is_progress_bar_enabled())
+"""
+
+
+def test_quiet_mode_silences_transformers_and_datasets_imported_before_or_after_it():
+    """Quiet mode leaves transformers and datasets at errors only with no bars, whether they were imported before
+    it (set by call) or after (read from the environment it sets), and does not import them itself."""
+    import os
+    import subprocess
+    import sys
+
+    from deita.console import QUIET_LIBRARY_ENV
+    from tests.helpers import REPO_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_LIBRARY_ENV}
+    procs = {when: subprocess.Popen([sys.executable, "-c", QUIET_PROBE, when], cwd=REPO_ROOT, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for when in ("before", "after")}
+    for when, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        imported, settings = out.strip().splitlines()[-2:]
+        assert imported == ("['datasets', 'transformers']" if when == "before" else "[]"), when
+        assert settings == "40 False 40 False", when  # logging.ERROR, bars off
+
+
 @pytest.mark.slow
 def test_verbose_shows_the_libraries_output(tmp_path, shared_data):
     result = run_train(["recipe=tiny", "logger=none", "verbose=true", *shared_paths(tmp_path, shared_data),
