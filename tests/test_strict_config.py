@@ -42,9 +42,12 @@ CLI_CASES = [
 
 
 def test_strict_config_cases_exit_2_through_train_py(tmp_path):
-    """Each case as a real subprocess: exit 2, one error line naming the key, no traceback, no run dir."""
-    failures = []
-    for n, (overrides, message) in enumerate(CLI_CASES):
+    """Each case as a real subprocess (two at a time): exit 2, one error line naming the key, no traceback, no
+    run dir."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(case) -> str | None:
+        n, (overrides, message) = case
         runs = tmp_path / f"runs{n}"
         proc = run_train(["recipe=tiny", f"paths.runs_dir={runs}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
                          timeout=120)
@@ -52,7 +55,11 @@ def test_strict_config_cases_exit_2_through_train_py(tmp_path):
         left = [p for p in runs.rglob("*") if p.is_file()]
         if (proc.returncode != 2 or len(errors) != 1 or not errors[0].startswith(f"error: {message}")
                 or "Traceback" in proc.stdout + proc.stderr or left):
-            failures.append(f"{overrides}: rc {proc.returncode}, errors {errors}, left {left}, tail {proc.stderr[-500:]}")
+            return f"{overrides}: rc {proc.returncode}, errors {errors}, left {left}, tail {proc.stderr[-500:]}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = [failure for failure in pool.map(check, enumerate(CLI_CASES)) if failure]
     assert not failures, "\n".join(failures)
 
 
