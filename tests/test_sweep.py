@@ -149,19 +149,33 @@ def test_budget_sweep_scores_and_embeds_once(tmp_path, shared_data):
     assert "<img" not in html and html.count("<tr>") == 4
 
 
-def test_sft_sweep_reports_train_loss_per_budget(tmp_path, shared_data):
-    args = ["-m", "recipe=tiny", "selection.budget=8,16", "stages=[select,sft]", "logger=none",
-            *shared_paths(tmp_path, shared_data), _pool(shared_data, 40), "sft.max_length=128",
+@pytest.fixture(scope="module")
+def sft_sweep(tmp_path_factory, shared_data):
+    """One ``-m`` sweep of select + SFT over two budgets × two Adam beta1 values, in Hydra's order (8, 5),
+    (8, 0.9), (16, 5), (16, 0.9): a beta1 of 5 is of the right type, which validation lets through, and torch
+    refuses it when SFT builds its optimizer, so points 1 and 3 crash and points 2 and 4 train. Shared by the
+    two tests below: ``(result, sweep folder)``."""
+    tmp = tmp_path_factory.mktemp("sft_sweep")
+    args = ["-m", "recipe=tiny", "selection.budget=8,16", "++sft.args.adam_beta1=5,0.9", "stages=[select,sft]",
+            "logger=none", *shared_paths(tmp, shared_data), _pool(shared_data, 24), "sft.max_length=64",
             "sft.global_batch_size=4"]
-    result = run_train(args)
-    assert result.returncode == 0, result.stderr[-4000:]
-    sweep = tmp_path / "runs" / "tiny"
-    table = {r["selection.budget"]: r for r in _table(sweep / "sweep_summary.md")}
+    return run_train(args, timeout=300), tmp / "runs" / "tiny"
+
+
+def test_sft_sweep_reports_train_loss_per_budget(sft_sweep):
+    result, sweep = sft_sweep
+    rows = _table(sweep / "sweep_summary.md")
+    assert [(r["selection.budget"], r["++sft.args.adam_beta1"]) for r in rows] == [
+        ("8", "5"), ("8", "0.9"), ("16", "5"), ("16", "0.9")], result.stderr[-3000:]
+    table = {r["selection.budget"]: r for r in rows if r["status"] == "ok"}
     assert sorted(table) == ["16", "8"]
-    for budget in (8, 16):
-        job = next(p for p in sweep.iterdir() if p.is_dir() and f"selection.budget={budget}," in p.name + ",")
+    trained = {}
+    for job in (p for p in sweep.iterdir() if (p / "sft" / "manifest.json").is_file()):
         sft = _manifest(job, "sft")
-        assert sft["train_rows"] == budget and sft["metrics"]["global_steps"] == budget // 4
+        trained[sft["train_rows"]] = sft
+    assert sorted(trained) == [8, 16]  # the crashed points left no finished SFT stage
+    for budget, sft in trained.items():
+        assert sft["metrics"]["global_steps"] == budget // 4 and sft["config"]["sft"]["args"]["adam_beta1"] == 0.9
         assert math.isfinite(float(table[str(budget)]["sft train_loss"]))
         assert float(table[str(budget)]["sft train_loss"]) == round(sft["metrics"]["train_loss"], 4)
     html = (sweep / "sweep_summary.html").read_text()
@@ -271,18 +285,18 @@ def test_a_point_failing_at_run_time_is_recorded_and_the_others_run(tmp_path, sh
     assert (tmp_path / "runs" / "tiny" / "sweep_summary.html").is_file()
 
 
-def test_a_point_that_crashes_is_recorded_with_its_traceback_and_the_others_run(tmp_path, shared_data):
-    """A point whose SFT stage crashes with a plain exception (an Adam beta of 5: of the right type, which
-    validation lets through; torch refuses it when SFT builds its optimizer) prints its traceback when it fails, is a failed row, and the next point trains;
-    the sweep exits 1 (not a bad-input error)."""
-    args = ["-m", "recipe=tiny", "stages=[select,sft]", "logger=none", *shared_paths(tmp_path, shared_data),
-            "selection.budget=8", "data.pool.0.limit=16", "sft.max_length=64", "sft.global_batch_size=4",
-            "++sft.args.adam_beta1=5,0.9"]
-    result = run_train(args, timeout=300)
+def test_a_point_that_crashes_is_recorded_with_its_traceback_and_the_others_run(sft_sweep):
+    """A point whose SFT stage crashes with a plain exception (the sweep above: Adam beta1 of 5) prints its
+    traceback when it fails, is a failed row, and the next point trains; the sweep exits 1 (not a bad-input
+    error)."""
+    result, sweep = sft_sweep
     assert result.returncode == 1, result.stderr[-3000:]
     assert "sweep point 1 failed:\nTraceback (most recent call last):" in result.stderr
-    assert "error: 1 of 2 sweep points failed (point 1); the others ran" in result.stderr
-    rows = _table(tmp_path / "runs" / "tiny" / "sweep_summary.md")
-    assert [r["++sft.args.adam_beta1"] for r in rows] == ["5", "0.9"], rows
-    assert rows[0]["status"].startswith("failed: ValueError: Invalid beta parameter at index 0: 5"), rows[0]
-    assert rows[1]["status"] == "ok" and float(rows[1]["sft train_loss"]) > 0
+    assert "sweep point 3 failed:\nTraceback (most recent call last):" in result.stderr
+    assert "error: 2 of 4 sweep points failed (points 1, 3); the others ran" in result.stderr
+    rows = _table(sweep / "sweep_summary.md")
+    assert [r["++sft.args.adam_beta1"] for r in rows] == ["5", "0.9", "5", "0.9"], rows
+    for failed in (rows[0], rows[2]):
+        assert failed["status"].startswith("failed: ValueError: Invalid beta parameter at index 0: 5"), failed
+        assert failed["sft train_loss"] == ""
+    assert rows[1]["status"] == rows[3]["status"] == "ok" and float(rows[1]["sft train_loss"]) > 0
