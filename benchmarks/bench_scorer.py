@@ -233,8 +233,10 @@ def main() -> None:
         "vs the HF paths ≤ 1e-5, ours vs reference ≤ 1e-4). Ours: the template head before `{instruction}` "
         "runs once per scorer; each prompt runs only its own tokens from the head's keys/values through the "
         "packed decoder (`deita.models.packed`: the batch's real tokens concatenated for norms, projections "
-        "and MLP, Q/K/V and gate/up as one GEMM each, oneDNN's fp32 GEMM, right-padded rows only inside the attention, the last "
-        "layer's query, o_proj and MLP at each row's last token only), LM head at the last token only. Rows "
+        "and MLP, Q/K/V and gate/up as one GEMM each, oneDNN's fp32 GEMM with prepacked weights, the attention of "
+        "every layer but the last as per-row oneDNN GEMMs in 128-token causal query blocks (`deita.models.row_attention`), "
+        "the last layer's query, o_proj and MLP at each row's last token only), the LM head's six digit rows at the "
+        "last token only. Rows "
         "run whole: prompts whose tokens differ from the head's at the boundary (they run without the prefix).",
     ]
     text = "\n".join(lines) + "\n"

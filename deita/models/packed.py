@@ -205,6 +205,10 @@ class PackedDecoder:
                 qkv=_fuse_rows([attn.q_proj, attn.k_proj, attn.v_proj]), o=attn.o_proj.weight,
                 gate_up=_fuse_rows([mlp.gate_proj, mlp.up_proj]), down=mlp.down_proj.weight,
                 inter=mlp.gate_proj.weight.shape[0]))
+        self.gemm_attention = self.onednn
+        """Whether every layer but the last runs :func:`deita.models.row_attention.causal_row_attention` (with
+        oneDNN; False: SDPA over right-padded rows, as without oneDNN; ``benchmarks/bench_packed_steps.py``
+        flips it to measure the step)."""
         self.prepacked = self.onednn and self._prepack(prepack)
         """Whether the projections read oneDNN's prepacked copies of the weights (:meth:`_prepack`)."""
 
@@ -293,7 +297,7 @@ class PackedDecoder:
             else:
                 qk = _rope(qkv[:, : (nq + nkv) * hd].view(n, nq + nkv, hd), cos, sin)  # q and k in one pass
                 q, k = qk[:, :nq], qk[:, nq:]
-            if self.onednn and not final:  # GEMM attention per row: see deita.models.row_attention
+            if self.gemm_attention and not final:  # GEMM attention per row: see deita.models.row_attention
                 pkv = (prefix.kv[li][0][0], prefix.kv[li][1][0]) if skip else None
                 if row_mask is None:
                     row_mask = causal_mask(width, nq // nkv, skip, device)
