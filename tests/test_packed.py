@@ -41,13 +41,16 @@ SEQS = [[5, 9, 2, 7, 7, 30, 41, 3, 8, 1, 60, 2, 4], [11], [3, 4, 5, 6, 7, 8], [9
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
-@pytest.mark.parametrize("onednn", [False, True])
-def test_packed_last_hidden_equals_each_sequence_alone(arch, onednn):
+@pytest.mark.parametrize("onednn,gemm_attention", [(False, False), (True, False), (True, True)])
+def test_packed_last_hidden_equals_each_sequence_alone(monkeypatch, arch, onednn, gemm_attention):
     """Rows of different lengths (one of a single token) packed in one batch, with and without a shared
-    prefix, through MKL's or oneDNN's GEMM: each row's final hidden state equals the HF forward of that
-    row alone."""
+    prefix, through MKL's or oneDNN's GEMM, the attention through SDPA or as per-row GEMMs: each row's final
+    hidden state equals the HF forward of that row alone."""
+    from deita.models import packed
     from deita.models.packed import onednn_linear_works
 
+    # these rows are short: the GEMM attention runs only when its per-row threshold is lowered to them
+    monkeypatch.setattr(packed, "GEMM_ATTENTION_MIN_TOKENS", 1 if gemm_attention else 10**6)
     model = sharp_model(arch)
     want, head = oracle(model, SEQS), [1, 20, 21, 22, 23]
     want_head = oracle(model, SEQS, head)

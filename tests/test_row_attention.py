@@ -70,8 +70,8 @@ def test_causal_mask_hides_exactly_the_later_keys():
 
 @pytest.mark.skipif(not onednn_linear_works(), reason="this torch has no oneDNN fp32 linear")
 def test_prepacked_weights_give_the_same_hidden_states():
-    """oneDNN's prepacked weights change the layout, not the arithmetic: the same bits as the plain
-    weights; the plain weights stay the model's (views of the fused tensors), untouched."""
+    """oneDNN's prepacked weights change the layout, not the arithmetic: the same hidden states as the
+    plain weights, to fp32 rounding (oneDNN may block a product differently)."""
     from tests.test_packed import SEQS, sharp_model
 
     plain = PackedDecoder(sharp_model("llama"), onednn=True, prepack=False)
@@ -79,4 +79,8 @@ def test_prepacked_weights_give_the_same_hidden_states():
     assert not plain.prepacked and packed.prepacked == onednn_prepack_works()
     with torch.inference_mode():
         a, b = plain.last_hidden(SEQS), packed.last_hidden(SEQS)
-    assert torch.equal(a, b)
+    assert (a - b).abs().max() < 1e-5 * a.abs().max()
+    # It can fail: the decoder of another model's weights is far off.
+    other = PackedDecoder(sharp_model("llama", initializer_range=0.31), onednn=True, prepack=True)
+    with torch.inference_mode():
+        assert (other.last_hidden(SEQS) - a).abs().max() > 1e-3 * a.abs().max()

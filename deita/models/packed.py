@@ -43,6 +43,10 @@ NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm")
 ONEDNN_MIN_HIDDEN = 256
 """Smallest hidden size that takes oneDNN's GEMM by default: the 64-wide tiny test models ran slower with
 it (per-shape kernel creation), SmolLM2's 576 ran 1.7-1.9x faster."""
+GEMM_ATTENTION_MIN_TOKENS = 64
+"""Fewest own tokens per row, on average over a batch, for which the packed decoder runs the GEMM row
+attention: shorter rows pay more in per-row calls than they save (SmolLM2 complexity prompts, ~23 own
+tokens: 0.93x of SDPA; quality, ~200: 1.12x)."""
 PREPACK_MAX_SHARE = 0.25
 """With ``prepack=None``, the largest share of the available memory that :class:`PackedDecoder` may spend
 on oneDNN's prepacked copy of the projection weights (it doubles the decoder's weights)."""
@@ -206,15 +210,17 @@ class PackedDecoder:
                 gate_up=_fuse_rows([mlp.gate_proj, mlp.up_proj]), down=mlp.down_proj.weight,
                 inter=mlp.gate_proj.weight.shape[0]))
         self.gemm_attention = self.onednn
-        """Whether every layer but the last runs :func:`deita.models.row_attention.causal_row_attention` (with
-        oneDNN; False: SDPA over right-padded rows, as without oneDNN; ``benchmarks/bench_packed_steps.py``
-        flips it to measure the step)."""
+        """Whether every layer but the last runs :func:`deita.models.row_attention.causal_row_attention` in
+        batches whose rows average at least :data:`GEMM_ATTENTION_MIN_TOKENS` tokens (with oneDNN; else, and
+        when False: SDPA over right-padded rows; ``benchmarks/bench_packed_steps.py`` flips it to measure the
+        step)."""
         self.prepacked = self.onednn and self._prepack(prepack)
         """Whether the projections read oneDNN's prepacked copies of the weights (:meth:`_prepack`)."""
 
     def _prepack(self, prepack: bool | None) -> bool:
         """Give oneDNN the projection weights in its own blocked layout once, instead of at every product
-        (bit-identical results, ~5% faster GEMMs on SmolLM2's shapes). The copies double the decoder's
+        (~5% faster GEMMs on SmolLM2's shapes; IEEE fp32 as before, but oneDNN may pick another blocking for
+        a batch, so SmolLM2 quality scores moved by up to 3e-6). The copies double the decoder's
         weights in memory, so with ``prepack=None`` only when they take at most :data:`PREPACK_MAX_SHARE`
         of the memory available now."""
         import psutil
@@ -287,6 +293,7 @@ class PackedDecoder:
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         gqa = {"enable_gqa": True} if nq != nkv else {}
         row_mask = None
+        gemm = self.gemm_attention and n >= GEMM_ATTENTION_MIN_TOKENS * rows  # short rows: SDPA's one call is cheaper
         for li, w in enumerate(self.layers):
             final = li == len(self.layers) - 1
             qkv = self._linear(w["ln1"](x), w["qkv"])
@@ -297,7 +304,7 @@ class PackedDecoder:
             else:
                 qk = _rope(qkv[:, : (nq + nkv) * hd].view(n, nq + nkv, hd), cos, sin)  # q and k in one pass
                 q, k = qk[:, :nq], qk[:, nq:]
-            if self.gemm_attention and not final:  # GEMM attention per row: see deita.models.row_attention
+            if gemm and not final:  # GEMM attention per row: see deita.models.row_attention
                 pkv = (prefix.kv[li][0][0], prefix.kv[li][1][0]) if skip else None
                 if row_mask is None:
                     row_mask = causal_mask(width, nq // nkv, skip, device)
