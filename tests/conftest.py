@@ -50,8 +50,9 @@ def tiny_mistral(tmp_path_factory) -> Path:
 def tiny_run(tmp_path_factory, shared_data):
     """One quiet ``train.py recipe=tiny`` run of every stage (select, sft, dpo, eval; W&B offline) in a
     subprocess, shared by the tests that read its artifacts (tests/test_end_to_end.py) and its terminal
-    output (tests/test_console.py): ``(args, result, run_dir)``. A test may run ``args`` again but must not
-    change the run dir."""
+    output (tests/test_console.py): ``(args, result, run_dir)``. A test may run ``args`` again, with keys that
+    keep the run dir and change no stage (tests/test_hub.py's dry run stages a push in ``<run dir>/hub``), but
+    must not change the stages' artifacts."""
     from tests.helpers import run_train, shared_paths
 
     tmp = tmp_path_factory.mktemp("tiny-run")

@@ -329,13 +329,16 @@ def _small_tiny(tmp_path: Path, shared_data: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory, shared_data):
-    """``train.py recipe=tiny hub.push=true hub.dry_run=true hub.repo_prefix=me/x``, run once for this module."""
-    tmp = tmp_path_factory.mktemp("hub")
-    args = [*_small_tiny(tmp, shared_data), "hub.push=true", "hub.dry_run=true", f"hub.repo_prefix={PREFIX}"]
+def dry_run(tiny_run):
+    """``hub.push=true hub.dry_run=true hub.repo_prefix=me/x`` added to the session's finished tiny run
+    (conftest.py: select, sft, dpo, eval; budget 32), run once for this module: the hub keys keep its run dir,
+    every stage is unchanged, and the push is staged in ``<run dir>/hub``."""
+    tiny_args, _, run_dir = tiny_run
+    args = [*tiny_args, "hub.push=true", "hub.dry_run=true", f"hub.repo_prefix={PREFIX}"]
     result = run_train(args)
     assert result.returncode == 0, result.stderr[-4000:]
-    run_dir = next((tmp / "runs" / "tiny").iterdir())
+    log = result.stdout + result.stderr
+    assert all(f"stage {s}: unchanged" in log for s in ("select", "sft", "dpo", "eval")), log[-3000:]
     return run_dir, json.loads((run_dir / "hub" / "plan.json").read_text()), args
 
 
@@ -352,7 +355,7 @@ def test_dry_run_stages_the_dataset_and_both_models(dry_run):
     assert [p for p in data if p.startswith("plots/")] == [f"plots/{p.name}" for p in sorted((run_dir / "select" / "plots").glob("*.png"))]
     table = pd.read_parquet(data["data/train-00000-of-00001.parquet"])
     selected = [json.loads(line) for line in (run_dir / "select" / "selected.jsonl").read_text().splitlines()]
-    assert list(table["id"]) == [r["id"] for r in selected] and list(table["rank"]) == list(range(16))
+    assert list(table["id"]) == [r["id"] for r in selected] and list(table["rank"]) == list(range(32))
     assert [list(m) for m in table["messages"]] == [r["messages"] for r in selected]
     data_meta = front_matter(Path(data["README.md"]).read_text())
     assert data_meta["tags"] == ["deita", "random"]
