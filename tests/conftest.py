@@ -63,3 +63,18 @@ def tiny_run(tmp_path_factory, shared_data):
     assert result.returncode == 0, result.stderr[-4000:]
     (run_dir,) = (tmp / "runs" / "tiny").iterdir()
     return args, result, run_dir
+
+
+@pytest.fixture(scope="session")
+def select_sweep(tmp_path_factory, shared_data):
+    """One ``train.py -m recipe=tiny stages=[select] selection.budget=50,100`` sweep with a hub dry run
+    (``hub.repo_prefix=me/x``; hub keys do not move run dirs), shared by the tests that read its run dirs
+    (tests/test_end_to_end.py) and its push plans (tests/test_hub.py): ``(result, sweep folder)``."""
+    from tests.helpers import run_train, shared_paths
+
+    tmp = tmp_path_factory.mktemp("select-sweep")
+    args = ["-m", "recipe=tiny", "logger=none", "stages=[select]", "selection.budget=50,100",
+            *shared_paths(tmp, shared_data), "hub.push=true", "hub.dry_run=true", "hub.repo_prefix=me/x"]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result, tmp / "runs" / "tiny"

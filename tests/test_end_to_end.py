@@ -78,12 +78,8 @@ def test_two_cpu_processes_really_run_with_world_size_two(tmp_path, shared_data)
     assert "rank 0 of 2" in hydra_log and "rank 1 of 2" not in hydra_log
 
 
-def test_multirun_writes_one_deterministic_dir_per_job(tmp_path, shared_data):
-    args = ["-m", "recipe=tiny", "logger=none", "stages=[select]", "selection.budget=50,100",
-            *shared_paths(tmp_path, shared_data)]
-    result = run_train(args)
-    assert result.returncode == 0, result.stderr[-4000:]
-    sweep = tmp_path / "runs" / "tiny"
+def test_multirun_writes_one_deterministic_dir_per_job(select_sweep):
+    _, sweep = select_sweep  # -m selection.budget=50,100 (with a hub dry run, conftest.py)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["selection.budget=100", "selection.budget=50"]
     for budget in (50, 100):
         assert _manifest(sweep / f"selection.budget={budget}", "select")["selected_rows"] == budget

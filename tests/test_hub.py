@@ -421,12 +421,9 @@ def test_push_without_network_stops_before_any_stage(tmp_path, shared_data, env,
     print(f"failed after {elapsed:.1f} s (interpreter and config start-up included)")
 
 
-def test_each_sweep_point_pushes_its_own_repos(tmp_path, shared_data):
-    args = ["-m", "recipe=tiny", "logger=none", "stages=[select]", "selection.budget=8,16", *shared_paths(tmp_path, shared_data),
-            "hub.push=true", "hub.dry_run=true", f"hub.repo_prefix={PREFIX}"]
-    result = run_train(args)
-    assert result.returncode == 0, result.stderr[-4000:]
-    for budget in (8, 16):
-        plan = json.loads((tmp_path / "runs" / "tiny" / f"selection.budget={budget}" / "hub" / "plan.json").read_text())
+def test_each_sweep_point_pushes_its_own_repos(select_sweep):
+    _, sweep = select_sweep  # -m selection.budget=50,100 hub.push=true hub.dry_run=true hub.repo_prefix=me/x
+    for budget in (50, 100):
+        plan = json.loads((sweep / f"selection.budget={budget}" / "hub" / "plan.json").read_text())
         assert [r["repo_id"] for r in plan["repos"]] == [f"me/x-budget-{budget}-data"]
         assert f"selection.budget={budget}" in shlex.split(plan["command"])

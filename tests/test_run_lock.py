@@ -37,6 +37,7 @@ def _run_dir(tmp_path) -> Path:
 
 
 def test_a_second_run_fails_at_once_naming_the_holder_then_takes_over_a_dead_ones_lock(tmp_path, shared_data):
+    """Then a bad value on a run dir with a finished stage exits 2 and does not remove the run dir."""
     run_dir = _run_dir(tmp_path)
     holder = _hold(run_dir)
     try:
@@ -55,6 +56,11 @@ def test_a_second_run_fails_at_once_naming_the_holder_then_takes_over_a_dead_one
     assert f"took over the lock of PID {holder.pid}" in log and "no longer running" in log
     assert (run_dir / "select" / "manifest.json").is_file()
     assert not (run_dir / ".lock").exists()  # released at the end
+
+    # A bad value on the next run (a finished stage in the run dir now) stops it, and the stage stays.
+    again = run_train(_args(tmp_path, shared_data, "stages=[select,dpo]", "dpo.beta=-1"))
+    assert again.returncode == 2 and "dpo.beta" in again.stderr, again.stderr[-3000:]
+    assert (run_dir / "select" / "manifest.json").is_file()
 
 
 def test_a_relaunched_multi_process_run_is_refused_before_it_starts_a_rank(tmp_path, shared_data):
@@ -101,15 +107,6 @@ def test_removing_an_unused_run_dir_removes_only_the_parents_it_leaves_empty(tmp
     (tmp_path / "elsewhere" / "run" / ".hydra").mkdir(parents=True)
     assert remove_if_unused(tmp_path / "elsewhere" / "run", root)  # not under the root: its parent stays
     assert (tmp_path / "elsewhere").is_dir()
-
-
-def test_a_bad_value_does_not_remove_a_run_dir_with_finished_stages(tmp_path, shared_data):
-    ok = run_train(_args(tmp_path, shared_data))
-    assert ok.returncode == 0, ok.stderr[-3000:]
-    run_dir = _run_dir(tmp_path)
-    again = run_train(_args(tmp_path, shared_data, "stages=[select,dpo]", "dpo.beta=-1"))
-    assert again.returncode == 2
-    assert (run_dir / "select" / "manifest.json").is_file()
 
 
 def test_lock_in_process_names_holder_and_is_reentrant_for_launched_children(tmp_path, monkeypatch):
