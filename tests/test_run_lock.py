@@ -57,9 +57,11 @@ def test_a_second_run_fails_at_once_naming_the_holder_then_takes_over_a_dead_one
     assert (run_dir / "select" / "manifest.json").is_file()
     assert not (run_dir / ".lock").exists()  # released at the end
 
-    # A bad value on the next run (a finished stage in the run dir now) stops it, and the stage stays.
-    again = run_train(_args(tmp_path, shared_data, "stages=[select,dpo]", "dpo.beta=-1"))
-    assert again.returncode == 2 and "dpo.beta" in again.stderr, again.stderr[-3000:]
+    # A bad value on the next run in this run dir (a key the dir name leaves out: a finished stage is there now)
+    # stops it, and the stage stays.
+    again = run_train(_args(tmp_path, shared_data, "stages=[select,dpo]", "launch.timeout_minutes=-1"))
+    assert again.returncode == 2 and "launch.timeout_minutes" in again.stderr, again.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == [run_dir.name]  # the same run dir
     assert (run_dir / "select" / "manifest.json").is_file()
 
 
