@@ -48,7 +48,9 @@ def test_row_attention_equals_each_row_alone(monkeypatch, with_prefix, block):
     lens, heads, kv_heads, d = [11, 1, 4, 7], 6, 2, 8
     n = sum(lens)
     q, k, v = (torch.randn(n, h, d, generator=g) * 2 for h in (heads, kv_heads, kv_heads))
-    prefix = (torch.randn(kv_heads, 5, d, generator=g) * 2, torch.randn(kv_heads, 5, d, generator=g)) if with_prefix else None
+    prefix = None
+    if with_prefix:
+        prefix = (torch.randn(kv_heads, 5, d, generator=g) * 2, torch.randn(kv_heads, 5, d, generator=g))
     got = row_attention.causal_row_attention(q, k, v, lens, 0.3, linear, linear_add, prefix)
     want = naive_attention(q, k, v, lens, 0.3, prefix)
     assert got.shape == (n, heads * d)

@@ -310,37 +310,33 @@ class PackedDecoder:
                     row_mask = causal_mask(width, nq // nkv, skip, device)
                 attn = causal_row_attention(q, k, v, lens, w["scaling"], self._linear, self._linear_add, pkv,
                                             row_mask)
-                x = self._linear_add(attn, w["o"], x)
-                gate_up = self._linear(w["ln2"](x), w["gate_up"])
-                act = F.silu(gate_up[:, : w["inter"]]).mul_(gate_up[:, w["inter"] :])
-                x = self._linear_add(act, w["down"], x)
-                continue
-            if dense and not skip:
-                k_all, v_all = (t.view(rows, width, nkv, hd).transpose(1, 2) for t in (k, v))
-            else:  # right padded [B, kv, skip + T, d] after the prefix's keys/values; zero pads
-                kv = x.new_zeros(rows, keys, 2, nkv, hd)
-                if skip:
-                    pk, pv = prefix.kv[li]
-                    kv[:, :skip, 0] = pk[0].transpose(0, 1)
-                    kv[:, :skip, 1] = pv[0].transpose(0, 1)
-                kv[row_of, col_of + skip, 0] = k
-                kv[row_of, col_of + skip, 1] = v
-                k_all, v_all = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-            if final:
-                out = F.scaled_dot_product_attention(q[:, :, None], k_all, v_all, attn_mask=last_mask,
-                                                     scale=w["scaling"], **gqa)
-                attn = out.reshape(rows, nq * hd)
-                x = x[last]
-            else:
-                if dense:
-                    qpad = q.reshape(rows, width, nq, hd)
+            else:  # SDPA over right-padded rows
+                if dense and not skip:
+                    k_all, v_all = (t.view(rows, width, nkv, hd).transpose(1, 2) for t in (k, v))
+                else:  # right padded [B, kv, skip + T, d] after the prefix's keys/values; zero pads
+                    kv = x.new_zeros(rows, keys, 2, nkv, hd)
+                    if skip:
+                        pk, pv = prefix.kv[li]
+                        kv[:, :skip, 0] = pk[0].transpose(0, 1)
+                        kv[:, :skip, 1] = pv[0].transpose(0, 1)
+                    kv[row_of, col_of + skip, 0] = k
+                    kv[row_of, col_of + skip, 1] = v
+                    k_all, v_all = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+                if final:
+                    out = F.scaled_dot_product_attention(q[:, :, None], k_all, v_all, attn_mask=last_mask,
+                                                         scale=w["scaling"], **gqa)
+                    attn = out.reshape(rows, nq * hd)
+                    x = x[last]
                 else:
-                    qpad = x.new_zeros(rows, width, nq, hd)
-                    qpad[row_of, col_of] = q
-                mask = {"attn_mask": causal} if skip else {"is_causal": True}
-                out = F.scaled_dot_product_attention(qpad.transpose(1, 2), k_all, v_all, scale=w["scaling"],
-                                                     **mask, **gqa).transpose(1, 2)
-                attn = (out.reshape(n, nq * hd) if dense else out[row_of, col_of].reshape(n, nq * hd))
+                    if dense:
+                        qpad = q.reshape(rows, width, nq, hd)
+                    else:
+                        qpad = x.new_zeros(rows, width, nq, hd)
+                        qpad[row_of, col_of] = q
+                    mask = {"attn_mask": causal} if skip else {"is_causal": True}
+                    out = F.scaled_dot_product_attention(qpad.transpose(1, 2), k_all, v_all, scale=w["scaling"],
+                                                         **mask, **gqa).transpose(1, 2)
+                    attn = (out.reshape(n, nq * hd) if dense else out[row_of, col_of].reshape(n, nq * hd))
             x = self._linear_add(attn, w["o"], x)
             gate_up = self._linear(w["ln2"](x), w["gate_up"])
             act = F.silu(gate_up[:, : w["inter"]]).mul_(gate_up[:, w["inter"] :])
