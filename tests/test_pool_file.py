@@ -8,6 +8,7 @@ import gzip
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,71 @@ def test_a_source_replaced_with_the_same_size_and_mtime_converts_anew(tmp_path):
     again = open_pool([str(src)], "sft", tmp_path / "cache")
     assert (src.stat().st_mtime_ns, src.stat().st_size) == (stamp, size)
     assert again.path != first.path and again.rows[0]["messages"][-1]["content"] == "two"
+
+
+def _pool_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "pools").iterdir())
+
+
+def test_an_edited_source_leaves_one_pool_file_for_its_source_set_and_others_survive(tmp_path, caplog, monkeypatch):
+    """The pool file an edit supersedes is deleted (and logged with its size) once the new one is written;
+    another source set's file in the same cache dir, and the file this run maps, stay."""
+    src, other = tmp_path / "pool.jsonl", tmp_path / "other.jsonl"
+    for path in (src, other):
+        path.write_text(json.dumps({"id": "a", "instruction": "q", "output": "one"}) + "\n")
+    cache = tmp_path / "cache"
+    kept = open_pool([str(other)], "sft", cache)
+    first = open_pool([str(src)], "sft", cache)
+    assert len(_pool_files(cache)) == 4
+    src.write_text(json.dumps({"id": "a", "instruction": "q", "output": "edited"}) + "\n")
+    os.utime(src, ns=(first.path.stat().st_mtime_ns + 10**9,) * 2)
+    with caplog.at_level(logging.INFO, logger="deita.data.pool_cleanup"):
+        edited = open_pool([str(src)], "sft", cache)
+    assert edited.path != first.path and edited.rows[0]["messages"][-1]["content"] == "edited"
+    assert _pool_files(cache) == sorted([kept.path.name, kept.path.with_suffix(".json").name,
+                                         edited.path.name, edited.path.with_suffix(".json").name])
+    assert f"deleted {first.path} (0.0 MB): superseded by {edited.path.name}" in caplog.text
+    assert first.rows[0]["messages"][-1]["content"] == "one"  # still mapped: a deleted file's inode lives on
+    # the same file by a relative path: another key (the path as given is an option), the same source set
+    monkeypatch.chdir(tmp_path)
+    relative = open_pool(["./pool.jsonl"], "sft", cache)
+    assert _pool_files(cache) == sorted([kept.path.name, kept.path.with_suffix(".json").name,
+                                         relative.path.name, relative.path.with_suffix(".json").name])
+
+
+def test_a_run_that_cannot_reuse_its_pool_file_deletes_the_previous_runs_one(tmp_path, monkeypatch):
+    """A source whose bytes cannot be identified (an unresolved hub revision) gets a <key>-<uuid> file at every
+    run; the next run's conversion deletes the earlier one, so one stays."""
+    import deita.data.pool_file as pf
+
+    src = tmp_path / "pool.jsonl"
+    src.write_text(json.dumps({"id": "a", "instruction": "q", "output": "one"}) + "\n")
+    monkeypatch.setattr(pf, "_files_identity", lambda path, revision: None)
+    cache = tmp_path / "cache"
+    first = open_pool([str(src)], "sft", cache)
+    second = open_pool([str(src)], "sft", cache)
+    assert first.path != second.path and first.path.stem.startswith(second.path.stem.split("-")[0])
+    assert _pool_files(cache) == sorted([second.path.name, second.path.with_suffix(".json").name])
+
+
+def test_leftovers_of_dead_conversions_are_deleted_after_an_hour_fresh_ones_are_not(tmp_path):
+    """Temp files (named as deita.io.atomic_path names them) and .arrow files with no .json go once untouched
+    for STALE_SECONDS; fresh ones (a conversion may be writing them) and an old finished pool file stay."""
+    from deita.data.pool_cleanup import STALE_SECONDS
+
+    src, other = tmp_path / "pool.jsonl", tmp_path / "other.jsonl"
+    for path in (src, other):
+        path.write_text(json.dumps({"id": "a", "instruction": "q", "output": "one"}) + "\n")
+    cache = tmp_path / "cache"
+    old_pool = open_pool([str(other)], "sft", cache).path
+    pools, old = cache / "pools", time.time() - STALE_SECONDS - 60
+    names = {"old_temp": ".abc.arrow.x1y2.tmp", "old_json_temp": ".abc.json.x3y4.tmp",
+             "fresh_temp": ".def.arrow.z5.tmp", "old_orphan": "0123.arrow", "fresh_orphan": "4567.arrow"}
+    for kind, name in names.items():
+        (pools / name).write_bytes(b"x" * 10)
+    for path in [pools / names[k] for k in names if k.startswith("old")] + [old_pool, old_pool.with_suffix(".json")]:
+        os.utime(path, (old, old))
+    pool = open_pool([str(src)], "sft", cache)
+    assert _pool_files(cache) == sorted([names["fresh_temp"], names["fresh_orphan"], pool.path.name,
+                                         pool.path.with_suffix(".json").name, old_pool.name,
+                                         old_pool.with_suffix(".json").name])

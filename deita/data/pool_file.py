@@ -26,9 +26,14 @@ plain pyarrow keeps the file, its atomic write, its key and the map's access adv
 The key hashes what determines the rows: each source's options (:func:`deita.data.sources.source_options`)
 and files (resolved path, size, mtime in ns and inode of every file under a folder; a hub dataset by the revision
 the local cache resolves), the kind, the error policy, the id rule and the bytes of the modules that
-turn records into rows. A hub source whose revision cannot be resolved is converted anew on every run.
-Only the main process converts; the others wait for its verdict (the path, or the same DataError) and
-map the file.
+turn records into rows. A hub source whose revision cannot be resolved is converted anew on every run, into
+``<key>-<uuid>.arrow``. Only the main process converts; the others wait for its verdict (the path, or the same
+DataError) and map the file.
+
+The ``.json`` also names the pool's source set (the kind and each source's resolved path or hub name): once
+the file is written or reused, the main process deletes the pool files of the same source set under other
+keys (an edited source, a deita upgrade, an earlier ``<key>-<uuid>`` file) and leftovers of dead
+conversions older than an hour (:mod:`deita.data.pool_cleanup`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from typing import Any, Iterable, Iterator, Optional
 from deita.data.errors import DataError
 from deita.data.fields import response_chars
 from deita.data.loading import RowStream, warn_skipped
+from deita.data.pool_cleanup import collect_pools, source_set
 from deita.data.readers import looks_local
 from deita.data.sources import check_unique_ids, reader_args, source_options
 from deita.fingerprint import RowHasher, file_stamp, hash_file, hash_json, hub_revision
@@ -273,6 +279,7 @@ def write_pool_file(sources: Iterable[Any], kind: str, path: Path, *, on_error: 
     :func:`deita.data.sources.load_sources` with the same arguments; a DataError leaves no file."""
     import pyarrow as pa
 
+    sources = list(sources)
     schema, hasher = _schema(), RowHasher()
     first_source: dict[str, int] = {}
     done: list[dict] = []
@@ -299,7 +306,7 @@ def write_pool_file(sources: Iterable[Any], kind: str, path: Path, *, on_error: 
                              "first_error": None if stream.first_error is None else str(stream.first_error),
                              "format": stream.format})
     meta = {"version": FILE_VERSION, "fingerprint": hasher.hexdigest(), "rows": sum(s["rows"] for s in done),
-            "bytes": path.stat().st_size, "sources": done}
+            "bytes": path.stat().st_size, "sources": done, "source_set": source_set(sources, kind)}
     write_json_atomic(path.with_suffix(".json"), meta)
     return meta
 
@@ -341,7 +348,8 @@ def open_pool(sources: Iterable[Any], kind: str, cache_dir: str | os.PathLike, *
 
     Same rows, errors, warnings and counts as :func:`deita.data.sources.load_sources` with these arguments:
     a conversion's DataError is raised on every process; reusing a finished file logs its skipped-records
-    warnings again."""
+    warnings again. Then the main process deletes the pool files this one supersedes
+    (:func:`deita.data.pool_cleanup.collect_pools`)."""
     from deita.distributed import broadcast_from_main
 
     sources = list(sources)
@@ -367,6 +375,8 @@ def open_pool(sources: Iterable[Any], kind: str, cache_dir: str | os.PathLike, *
     if isinstance(verdict, BaseException):
         raise verdict
     path = Path(verdict)
+    if is_main:
+        collect_pools(path.parent, path, source_set(sources, kind))
     meta = _read_meta(path)
     if meta is None:
         raise RuntimeError(f"pool file {path} is missing or incomplete (is paths.cache_dir shared by every process?)")
