@@ -35,6 +35,8 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+from deita.models.row_attention import causal_mask, causal_row_attention
+
 log = logging.getLogger(__name__)
 
 ATTENTION_CLASSES = ("LlamaAttention", "MistralAttention")
@@ -266,8 +268,6 @@ class PackedDecoder:
         """
         import torch
         import torch.nn.functional as F
-
-        from deita.models.row_attention import causal_mask, causal_row_attention
 
         device = self.embed.weight.device
         lens = [len(s) for s in seqs]

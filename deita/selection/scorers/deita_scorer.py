@@ -58,6 +58,18 @@ def _check_generation_config(model, path: str) -> None:
                     "reference's generate() would have processed", path, ", ".join(altered))
 
 
+def _digit_rows(model, digit_ids: list[int]):
+    """The output head's weight (and bias) rows of the six digits when it is a plain linear layer, else None
+    (an adapter or quantised head runs its own forward)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        return None
+    ids = torch.tensor(digit_ids, device=head.weight.device)
+    return head.weight[ids], head.bias[ids] if head.bias is not None else None
+
+
 def template_prefix(model, tokenizer, kind: str):
     """The template head (text before ``{instruction}``) as a :class:`deita.models.forward.SharedPrefix`.
 
@@ -100,7 +112,7 @@ class DeitaScorer:
         self.pad_id = pad_id_of(self.tokenizer)
         _check_generation_config(self.model, self.path)
         self.packed = packed_decoder(self.model, self.max_length) if packed else None
-        self._digit_head = None  # the head's weight (and bias) rows of the six digits, taken at first use
+        self._digit_head = _digit_rows(self.model, self.digit_ids)
         self.prefix = template_prefix(self.model, self.tokenizer, kind) if prefix_cache else None
         if self.prefix is not None and self.packed is None:
             use_suffix_attention(self.model, self.max_length)  # no [B, 1, L, P + L] mask per batch
@@ -157,14 +169,10 @@ class DeitaScorer:
         import torch
         import torch.nn.functional as F
 
-        head = self.model.get_output_embeddings()
-        if type(head) is torch.nn.Linear:  # only the six digit rows of the head: each logit is its own dot product
-            if self._digit_head is None:
-                ids = torch.tensor(self.digit_ids, device=head.weight.device)
-                self._digit_head = (head.weight[ids], head.bias[ids] if head.bias is not None else None)
+        if self._digit_head is not None:  # only the six digit rows of the head: each logit is its own dot product
             digit_logits = F.linear(rows, *self._digit_head).float()
         else:  # an adapter or quantised head: its own forward over the vocabulary
-            digit_logits = head(rows).float()[:, self.digit_ids]
+            digit_logits = self.model.get_output_embeddings()(rows).float()[:, self.digit_ids]
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         if softcap:
             digit_logits = torch.tanh(digit_logits / softcap) * softcap
