@@ -308,7 +308,8 @@ def test_eval_preflights_the_pool_only_when_its_held_out_loss_reads_it(tmp_path,
     from deita import preflight as pf
 
     bad = _write_jsonl(tmp_path / "pool.jsonl", [{"instruction": "q"}])
-    cfg = _cfg(tmp_path, "stages=[eval]", f"data.pool=[{{path: {bad}}}]")
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"question_id": 1, "category": "writing", "turns": ["Hi?"]}])
+    cfg = _cfg(tmp_path, "stages=[eval]", f"data.pool=[{{path: {bad}}}]", f"data.eval_prompts=[{{path: {prompts}}}]")
     _finished(Path(cfg.run_dir), "sft")
     pf.preflight(cfg)
     _finished(Path(cfg.run_dir), "select")
